@@ -1,0 +1,91 @@
+"""The exception hierarchy of Genesis.
+
+Every failure a caller can see is a :class:`GenesisError`. The tree matches
+the release users already code against (``ConnectionError > ConnectionLost``
+and so on); :class:`ProtocolError` is new: the peer sent bytes that are not
+the Event Socket protocol, and the connection that received them closes.
+"""
+
+from __future__ import annotations
+
+import builtins
+from enum import Enum
+
+
+class GenesisError(Exception):
+    """Base class of every error raised by Genesis."""
+
+
+class ConnectionError(GenesisError):  # noqa: A001 - the public name users already catch
+    """The connection to FreeSWITCH failed or is closing."""
+
+
+class ConnectionTimeoutError(ConnectionError):
+    """Connecting (or authenticating) took longer than the configured timeout."""
+
+
+class CommandStage(Enum):
+    """How far a command got before its connection was lost.
+
+    NOT_SENT: never written, safe to retry. UNCONFIRMED: written but no reply
+    arrived, so it may or may not have run. ACCEPTED: FreeSWITCH replied (a
+    bgapi job was accepted) but its result never arrived.
+    """
+
+    NOT_SENT = "not_sent"
+    UNCONFIRMED = "unconfirmed"
+    ACCEPTED = "accepted"
+
+
+class ConnectionLost(ConnectionError):
+    """The connection closed while a command was pending."""
+
+    def __init__(self, message: str = "connection lost", stage: CommandStage = CommandStage.UNCONFIRMED) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+class UnconnectedError(GenesisError):
+    """An operation needs a connection that was never established."""
+
+
+class AuthenticationError(GenesisError):
+    """FreeSWITCH refused the password (or the ACL refused the client)."""
+
+
+class ProtocolError(GenesisError):
+    """The peer sent bytes that are not valid Event Socket framing.
+
+    ``offset`` is the position in the stream (bytes fed since the last reset)
+    where the bad frame starts; ``excerpt`` is a short, printable excerpt of it.
+    """
+
+    def __init__(self, message: str, offset: int = 0, excerpt: bytes = b"") -> None:
+        self.reason = message
+        self.offset = offset
+        self.excerpt = excerpt
+        super().__init__(f"{message} at offset {offset}: {excerpt[:64]!r}")
+
+
+class ChannelError(GenesisError):
+    """A channel operation failed; ``cause`` holds FreeSWITCH's hangup cause when known."""
+
+    def __init__(self, message: str, cause: str | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class ChannelNotFound(ChannelError):
+    """The channel does not exist (any more) on FreeSWITCH."""
+
+
+class SessionGoneAway(GenesisError):
+    """The outbound session's channel hung up while an operation waited on it."""
+
+
+class TimeoutError(GenesisError, builtins.TimeoutError):  # noqa: A001 - public name
+    """A wait exceeded its timeout."""
+
+
+class QueueTimeoutError(TimeoutError):
+    """No queue slot became free within the timeout."""
