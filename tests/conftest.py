@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -36,3 +37,20 @@ def _load_twin(name: str) -> ModuleType:
 def twin(request: pytest.FixtureRequest) -> ModuleType:
     """The parser module under test: the Cython extension or its pure-Python twin."""
     return _load_twin(request.param)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a real redis-server started for this test session (see tests/redis_server.py)."""
+    from tests.redis_server import redis_server
+
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix unique to one test, so tests sharing the server never see each other."""
+    import uuid
+
+    return f"genesis-test:{uuid.uuid4().hex}:"

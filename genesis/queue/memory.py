@@ -1,0 +1,112 @@
+"""The in-process queue backend: one event loop, no I/O, admission in the same callback
+that frees a slot (so a released slot goes to the next waiter without a scheduling gap)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from genesis.exceptions import QueueTimeoutError
+from genesis.queue.base import QueueBackend
+
+
+class _Waiter:
+    __slots__ = ("future", "max_concurrent")
+
+    def __init__(self, future: asyncio.Future[None] | None, max_concurrent: int) -> None:
+        self.future = future
+        self.max_concurrent = max_concurrent
+
+
+class _Line:
+    __slots__ = ("active", "waiting")
+
+    def __init__(self) -> None:
+        # dict keeps insertion order: the FIFO. A waiter without a future was enqueued
+        # but has not started waiting; it keeps its place and cannot be admitted yet.
+        self.waiting: dict[str, _Waiter] = {}
+        self.active: set[str] = set()
+
+
+class InMemoryBackend(QueueBackend):
+    """Queues living in this process; safe for any number of tasks on one event loop."""
+
+    __slots__ = ("_lines",)
+
+    def __init__(self) -> None:
+        self._lines: dict[str, _Line] = {}
+
+    async def enqueue(self, queue_id: str, item_id: str) -> None:
+        line = self._lines.setdefault(queue_id, _Line())
+        if item_id not in line.waiting and item_id not in line.active:
+            line.waiting[item_id] = _Waiter(None, 1)
+
+    async def wait_and_acquire(
+        self,
+        queue_id: str,
+        item_id: str,
+        max_concurrent: int = 1,
+        timeout: float | None = None,
+    ) -> None:
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
+        line = self._lines.setdefault(queue_id, _Line())
+        if item_id in line.active:
+            raise ValueError(f"item {item_id!r} already holds a slot of queue {queue_id!r}")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = line.waiting.get(item_id)
+        if waiter is None:
+            line.waiting[item_id] = _Waiter(future, max_concurrent)
+        elif waiter.future is not None:
+            raise ValueError(f"item {item_id!r} is already waiting in queue {queue_id!r}")
+        else:
+            waiter.future = future
+            waiter.max_concurrent = max_concurrent
+        self._admit(line)
+        try:
+            await asyncio.wait_for(future, timeout)
+        except BaseException as exc:
+            # Covers a slot granted in the same instant as the timeout or cancellation:
+            # _forget releases it, so it is never leaked.
+            self._forget(queue_id, item_id)
+            if isinstance(exc, asyncio.TimeoutError):
+                raise QueueTimeoutError(
+                    f"no slot of queue {queue_id!r} within {timeout} s"
+                ) from None
+            raise
+
+    async def release(self, queue_id: str, item_id: str) -> None:
+        self._forget(queue_id, item_id)
+
+    async def depth(self, queue_id: str) -> int:
+        line = self._lines.get(queue_id)
+        return len(line.waiting) if line is not None else 0
+
+    async def active(self, queue_id: str) -> int:
+        line = self._lines.get(queue_id)
+        return len(line.active) if line is not None else 0
+
+    def _forget(self, queue_id: str, item_id: str) -> None:
+        line = self._lines.get(queue_id)
+        if line is None:
+            return
+        line.active.discard(item_id)
+        line.waiting.pop(item_id, None)
+        self._admit(line)
+        if not line.waiting and not line.active:
+            del self._lines[queue_id]
+
+    @staticmethod
+    def _admit(line: _Line) -> None:
+        admitted = True
+        while admitted:
+            admitted = False
+            for position, (item_id, waiter) in enumerate(line.waiting.items()):
+                future = waiter.future
+                if future is None or future.done():
+                    continue
+                if position < waiter.max_concurrent - len(line.active):
+                    del line.waiting[item_id]
+                    line.active.add(item_id)
+                    future.set_result(None)
+                    admitted = True
+                    break

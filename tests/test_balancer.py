@@ -1,0 +1,193 @@
+"""Load balancers over both backends, and the Redis one across real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import genesis
+from genesis.group import InMemoryLoadBalancer, LoadBalancerBackend, RedisLoadBalancer
+
+REPO = Path(__file__).resolve().parent.parent
+WAIT = 10.0
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def balancer(request: pytest.FixtureRequest) -> AsyncIterator[LoadBalancerBackend]:
+    if request.param == "memory":
+        yield InMemoryLoadBalancer()
+        return
+    url = request.getfixturevalue("redis_url")
+    prefix = request.getfixturevalue("redis_prefix")
+    redis_balancer = RedisLoadBalancer(url, key_prefix=prefix, lease_ttl=5.0)
+    yield redis_balancer
+    await redis_balancer.close()
+
+
+def test_public_names() -> None:
+    assert genesis.InMemoryLoadBalancer is InMemoryLoadBalancer
+    assert genesis.RedisLoadBalancer is RedisLoadBalancer
+
+
+async def test_counts_and_least_loaded(balancer: LoadBalancerBackend) -> None:
+    dests = ["gw-a", "gw-b", "gw-c"]
+    assert await balancer.get_least_loaded(dests) == "gw-a"  # ties: first listed
+    assert await balancer.get_least_loaded([]) is None
+    await balancer.increment("gw-a")
+    await balancer.increment("gw-a")
+    await balancer.increment("gw-b")
+    assert [await balancer.get_count(d) for d in dests] == [2, 1, 0]
+    assert await balancer.get_least_loaded(dests) == "gw-c"
+    assert await balancer.get_count("gw-c") == 0  # get_least_loaded only reads
+    await balancer.decrement("gw-a")
+    assert await balancer.get_count("gw-a") == 1
+
+
+async def test_count_never_negative(balancer: LoadBalancerBackend) -> None:
+    await balancer.decrement("nobody")
+    await balancer.decrement("nobody")
+    assert await balancer.get_count("nobody") == 0
+    await balancer.increment("nobody")
+    assert await balancer.get_count("nobody") == 1
+
+
+async def test_acquire_chooses_and_counts(balancer: LoadBalancerBackend) -> None:
+    dests = ["x", "y"]
+    chosen = [await balancer.acquire(dests) for _ in range(4)]
+    assert chosen == ["x", "y", "x", "y"]
+    assert await balancer.acquire([]) is None
+
+
+async def test_concurrent_acquire_respects_limit(balancer: LoadBalancerBackend) -> None:
+    dests = ["p", "q", "r"]
+    chosen = await asyncio.wait_for(
+        asyncio.gather(*(balancer.acquire(dests, limit=5) for _ in range(40))), WAIT
+    )
+    granted = [c for c in chosen if c is not None]
+    assert len(granted) == 15
+    assert {d: granted.count(d) for d in dests} == {"p": 5, "q": 5, "r": 5}
+    assert [await balancer.get_count(d) for d in dests] == [5, 5, 5]
+    await balancer.decrement("q")
+    assert await balancer.acquire(dests, limit=5) == "q"
+
+
+# Two processes pick destinations under a shared limit; each call also bumps a shadow
+# counter with INCR, and any value over the limit is recorded as a violation.
+WORKER = """
+import asyncio, random, sys
+import redis.asyncio
+from genesis.group import RedisLoadBalancer
+
+async def main(url, prefix, rounds, limit):
+    lb = RedisLoadBalancer(url, key_prefix=prefix + "lb:", lease_ttl=5.0)
+    client = redis.asyncio.Redis.from_pool(redis.asyncio.BlockingConnectionPool.from_url(url))
+    dests = ["gw1", "gw2"]
+
+    async def call():
+        while True:
+            dest = await lb.acquire(dests, limit=limit)
+            if dest is not None:
+                break
+            await asyncio.sleep(0.001)
+        live = await client.incr(prefix + "live:" + dest)
+        if live > limit:
+            await client.rpush(prefix + "violations", dest)
+        await asyncio.sleep(random.random() * 0.004)
+        await client.decr(prefix + "live:" + dest)
+        await lb.decrement(dest)
+        await client.incr(prefix + "calls")
+
+    await asyncio.gather(*(call() for _ in range(rounds)))
+    await client.aclose()
+    await lb.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+"""
+
+HOLDER = """
+import asyncio, sys
+from genesis.group import RedisLoadBalancer
+
+async def main(url, prefix):
+    lb = RedisLoadBalancer(url, key_prefix=prefix, lease_ttl=1.0)
+    print(await lb.acquire(["gw"]), flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def _spawn(code: str, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, *args, cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def _kill(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.send_signal(signal.SIGKILL)
+    await asyncio.wait_for(process.wait(), WAIT)
+
+
+async def test_two_processes_never_exceed_limits(redis_url: str, redis_prefix: str) -> None:
+    import redis.asyncio
+
+    workers = [await _spawn(WORKER, redis_url, redis_prefix, "150", "3") for _ in range(2)]
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(w.communicate() for w in workers)), 60
+        )
+    finally:
+        for worker in workers:
+            await _kill(worker)
+    for worker, (_out, err) in zip(workers, results, strict=True):
+        assert worker.returncode == 0, err.decode()
+    client = redis.asyncio.Redis.from_url(redis_url)
+    lb = RedisLoadBalancer(redis_url, key_prefix=redis_prefix + "lb:")
+    try:
+        assert await client.lrange(redis_prefix + "violations", 0, -1) == []
+        assert int(await client.get(redis_prefix + "calls")) == 300
+        assert await lb.get_count("gw1") == 0
+        assert await lb.get_count("gw2") == 0
+    finally:
+        await client.aclose()
+        await lb.close()
+
+
+async def test_crashed_worker_counts_expire(redis_url: str, redis_prefix: str) -> None:
+    lb = RedisLoadBalancer(redis_url, key_prefix=redis_prefix, lease_ttl=1.0)
+    holder = await _spawn(HOLDER, redis_url, redis_prefix)
+    try:
+        assert holder.stdout is not None
+        assert await asyncio.wait_for(holder.stdout.readline(), WAIT) == b"gw\n"
+        await asyncio.sleep(1.5)  # alive: its lease is renewed past the TTL
+        assert await lb.get_count("gw") == 1
+        holder.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(holder.wait(), WAIT)
+        await asyncio.sleep(1.2)
+        assert await lb.get_count("gw") == 0
+    finally:
+        await _kill(holder)
+        await lb.close()
+
+
+async def test_decrement_of_a_call_counted_elsewhere(redis_url: str, redis_prefix: str) -> None:
+    counting = RedisLoadBalancer(redis_url, key_prefix=redis_prefix)
+    ending = RedisLoadBalancer(redis_url, key_prefix=redis_prefix)
+    try:
+        await counting.increment("gw")
+        await counting.increment("gw")
+        await ending.decrement("gw")  # the hangup was seen by another process
+        assert await ending.get_count("gw") == 1
+        await ending.decrement("gw")
+        await ending.decrement("gw")
+        assert await counting.get_count("gw") == 0
+    finally:
+        await counting.close()
+        await ending.close()

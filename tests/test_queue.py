@@ -1,0 +1,231 @@
+"""Queue semantics, run over both backends: the in-memory one and a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+import genesis
+from genesis.exceptions import QueueTimeoutError
+from genesis.queue import InMemoryBackend, Queue, QueueBackend, RedisBackend
+
+WAIT = 5.0  # bound for every await that would hang on a bug
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[QueueBackend]:
+    if request.param == "memory":
+        yield InMemoryBackend()
+        return
+    url = request.getfixturevalue("redis_url")
+    prefix = request.getfixturevalue("redis_prefix")
+    redis_backend = RedisBackend(url, key_prefix=prefix, lease_ttl=3.0, poll_interval=0.02)
+    yield redis_backend
+    await redis_backend.close()
+
+
+async def _until(predicate_coro, timeout: float = WAIT) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(timeout):
+        while not await predicate_coro():
+            await asyncio.sleep(0.005)
+
+
+def test_public_names() -> None:
+    assert genesis.Queue is Queue
+    assert genesis.RedisBackend is RedisBackend
+    assert genesis.QueueTimeoutError is QueueTimeoutError
+
+
+async def test_fifo_order(backend: QueueBackend) -> None:
+    queue = Queue(backend)
+    order: list[int] = []
+    holder = queue.slot("q")
+    await asyncio.wait_for(holder.__aenter__(), WAIT)
+
+    async def visitor(n: int) -> None:
+        async with queue.slot("q", item_id=f"item-{n}", timeout=WAIT):
+            order.append(n)
+
+    tasks = []
+    for n in range(6):
+        await backend.enqueue("q", f"item-{n}")  # places are taken in this order
+    for n in reversed(range(6)):  # start waiting in the opposite order: the place counts
+        tasks.append(asyncio.create_task(visitor(n)))
+    await _until(lambda: _depth_is(backend, "q", 6))
+    await holder.__aexit__(None, None, None)
+    await asyncio.wait_for(asyncio.gather(*tasks), WAIT)
+    assert order == list(range(6))
+    assert await backend.depth("q") == 0
+    assert await backend.active("q") == 0
+
+
+async def _depth_is(backend: QueueBackend, queue_id: str, n: int) -> bool:
+    return await backend.depth(queue_id) == n
+
+
+async def test_concurrency_limit(backend: QueueBackend) -> None:
+    queue = Queue(backend)
+    inside = 0
+    peak = 0
+    done = 0
+
+    async def call() -> None:
+        nonlocal inside, peak, done
+        async with queue.slot("limited", max_concurrent=3, timeout=WAIT):
+            inside += 1
+            peak = max(peak, inside)
+            await asyncio.sleep(0.01)
+            inside -= 1
+            done += 1
+
+    await asyncio.wait_for(asyncio.gather(*(call() for _ in range(20))), 2 * WAIT)
+    assert done == 20
+    assert peak == 3
+    assert await backend.active("limited") == 0
+
+
+async def test_timeout_removes_waiter(backend: QueueBackend) -> None:
+    queue = Queue(backend)
+    async with queue.slot("busy", timeout=WAIT):
+        with pytest.raises(QueueTimeoutError):
+            async with queue.slot("busy", timeout=0.1):
+                pytest.fail("admitted while the only slot was held")
+        assert await backend.depth("busy") == 0
+    # The timed-out waiter left no ghost ahead of this one.
+    async with queue.slot("busy", timeout=0.5) as slot:
+        assert slot.held
+
+
+async def test_timeout_zero_fails_at_once_when_full(backend: QueueBackend) -> None:
+    queue = Queue(backend)
+    async with queue.slot("z"):
+        with pytest.raises(QueueTimeoutError):
+            await asyncio.wait_for(backend.wait_and_acquire("z", "other", 1, 0), WAIT)
+    await asyncio.wait_for(backend.wait_and_acquire("z", "other", 1, 0), WAIT)
+    await backend.release("z", "other")
+
+
+async def test_cancelled_waiter_removed(backend: QueueBackend) -> None:
+    queue = Queue(backend)
+    holder = queue.slot("c")
+    await asyncio.wait_for(holder.__aenter__(), WAIT)
+    cancelled = asyncio.create_task(backend.wait_and_acquire("c", "cancelled", 1, None))
+    await _until(lambda: _depth_is(backend, "c", 1))
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(cancelled, WAIT)
+    assert await backend.depth("c") == 0
+    later = asyncio.create_task(backend.wait_and_acquire("c", "later", 1, WAIT))
+    await holder.__aexit__(None, None, None)
+    await asyncio.wait_for(later, WAIT)  # the cancelled waiter did not take the slot
+    assert await backend.active("c") == 1
+    await backend.release("c", "later")
+    assert await backend.active("c") == 0
+
+
+async def test_cancelled_holder_releases(backend: QueueBackend) -> None:
+    queue = Queue(backend)
+    entered = asyncio.Event()
+
+    async def hold() -> None:
+        async with queue.slot("h"):
+            entered.set()
+            await asyncio.sleep(3600)
+
+    task = asyncio.create_task(hold())
+    await asyncio.wait_for(entered.wait(), WAIT)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, WAIT)
+    assert await backend.active("h") == 0
+
+
+async def test_semaphore_shared_by_many_tasks(backend: QueueBackend) -> None:
+    queue = Queue(backend)
+    sem = queue.semaphore("sem", max_concurrent=2, timeout=WAIT)
+    inside = 0
+    peak = 0
+
+    async def user(nested: bool) -> None:
+        nonlocal inside, peak
+        for _ in range(3):
+            async with sem:
+                inside += 1
+                peak = max(peak, inside)
+                await asyncio.sleep(0.002)
+                inside -= 1
+        if nested:  # one task holding two entries at once releases both, in order
+            other = queue.semaphore("sem-nested", max_concurrent=2, timeout=WAIT)
+            async with other, other:
+                assert await backend.active("sem-nested") == 2
+            assert await backend.active("sem-nested") == 0
+
+    await asyncio.wait_for(asyncio.gather(*(user(n == 0) for n in range(10))), 4 * WAIT)
+    assert peak == 2
+    assert await backend.active("sem") == 0
+    assert await backend.depth("sem") == 0
+
+
+async def test_semaphore_explicit_acquire_release(backend: QueueBackend) -> None:
+    sem = Queue(backend).semaphore("explicit", max_concurrent=1, timeout=0.1)
+    first = await asyncio.wait_for(sem.acquire(), WAIT)
+    with pytest.raises(QueueTimeoutError):
+        await sem.acquire()
+    await sem.release(first)
+    second = await asyncio.wait_for(sem.acquire(), WAIT)
+    assert second != first
+    await sem.release(second)
+
+
+async def test_depth_counts_waiters_only(backend: QueueBackend) -> None:
+    queue = Queue(backend)
+    assert await queue.depth("d") == 0
+    async with queue.slot("d", max_concurrent=1):
+        for n in range(4):
+            await backend.enqueue("d", f"w{n}")
+        await backend.enqueue("d", "w0")  # enqueueing twice keeps one place
+        assert await queue.depth("d") == 4
+        assert await backend.active("d") == 1
+        await backend.release("d", "w2")  # a waiter that gives up
+        assert await queue.depth("d") == 3
+    for n in (0, 1, 3):
+        await backend.release("d", f"w{n}")
+    assert await queue.depth("d") == 0
+
+
+async def test_slot_is_single_use(backend: QueueBackend) -> None:
+    slot = Queue(backend).slot("once")
+    async with slot:
+        pass
+    with pytest.raises(RuntimeError):
+        async with slot:
+            pass
+
+
+def test_invalid_arguments() -> None:
+    queue = Queue()
+    with pytest.raises(ValueError):
+        queue.slot("x", max_concurrent=0)
+    with pytest.raises(ValueError):
+        queue.semaphore("x", timeout=-1)
+    with pytest.raises(ValueError):
+        RedisBackend(lease_ttl=1.0, poll_interval=0.5, client=_NoRedis())
+
+
+class _NoRedis:
+    """Stands in for a client: construction must fail before any script is registered."""
+
+    def register_script(self, script: str) -> object:
+        raise AssertionError("validation should have failed first")
+
+
+def test_import_genesis_queue_does_not_import_redis() -> None:
+    import subprocess
+    import sys
+
+    code = "import genesis.queue, genesis.group, sys; print('redis' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "False"
