@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 from enum import Enum
+from typing import Any
 
 
 class GenesisError(Exception):
@@ -58,12 +59,15 @@ class ProtocolError(GenesisError):
 
     ``offset`` is the position in the stream (bytes fed since the last reset)
     where the bad frame starts; ``excerpt`` is a short, printable excerpt of it.
+    ``messages`` holds the messages the same ``Parser.feed()`` call completed
+    before the bad frame, so that none of them is lost.
     """
 
     def __init__(self, message: str, offset: int = 0, excerpt: bytes = b"") -> None:
         self.reason = message
         self.offset = offset
         self.excerpt = excerpt
+        self.messages: list[Any] = []
         super().__init__(f"{message} at offset {offset}: {excerpt[:64]!r}")
 
 
