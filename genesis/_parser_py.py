@@ -783,7 +783,7 @@ def _serialize_xml(event: Mapping[str, Value], body: bytes | None) -> bytes:
         indent = "  " if text.endswith("\n") else ""
         parts.append(f"\n  <Content-Length>{len(body)}</Content-Length>")
         parts.append(f"\n  <body>{text}{indent}</body>")
-    parts.append("\n</event>")
+    parts.append("\n</event>\n")
     return "".join(parts).encode("utf-8", "surrogateescape")
 
 
