@@ -1,0 +1,277 @@
+"""Outbound mode: FreeSWITCH connects to the application, one TCP connection per call.
+
+The dialplan's ``socket host:port async full`` application opens the connection; the
+application must speak first with ``connect``, whose reply is the whole channel as one
+URL-encoded header block (kept, decoded, in ``session.context``). Then, per the contract:
+``filter Unique-ID <uuid>`` + ``event plain ALL`` when ``events`` (only this call's events
+arrive), ``linger`` when ``linger`` (FreeSWITCH keeps the socket open after hangup so
+CHANNEL_HANGUP_COMPLETE and the rest still arrive, announced by a disconnect notice with
+``Content-Disposition: linger``), then the handler runs with the session.
+
+At hangup the session is marked ``gone``: a blocking ``sendmsg`` waiting on this channel
+raises SessionGoneAway instead of waiting for an execution that will never complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from genesis import tracing
+from genesis.exceptions import (
+    CommandStage,
+    ConnectionError,
+    GenesisError,
+    ProtocolError,
+    SessionGoneAway,
+)
+from genesis.protocol.base import Protocol, is_ok
+from genesis.protocol.parser import ESLEvent
+
+logger = logging.getLogger("genesis.outbound")
+
+SessionHandler = Callable[["Session"], Awaitable[Any]]
+
+
+class Session(Protocol):
+    """One outbound connection: the call that FreeSWITCH handed to the application."""
+
+    def __init__(
+        self,
+        server: Outbound | None = None,
+        *,
+        max_concurrency: int = 64,
+        max_pending: int = 1024,
+    ) -> None:
+        super().__init__(max_concurrency=max_concurrency, max_pending=max_pending)
+        self.server = server
+        self.uuid: str | None = None
+        self.context: dict[str, Any] = {}
+        self.channel: Any = None
+        self.lingering = False
+        self.gone = False
+        self._lost: asyncio.Future[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Session {self.uuid} peer={self.peer} gone={self.gone}>"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._lost = asyncio.get_running_loop().create_future()
+        if self.server is not None:
+            self.server._accept(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.gone = True
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+
+    async def close(self) -> None:
+        """Close the connection (FreeSWITCH then ends the socket application)."""
+        transport = self._transport
+        if transport is not None:
+            transport.close()
+            if self._lost is not None:
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._lost), 1.0)
+                except asyncio.TimeoutError:
+                    transport.abort()
+        await self._dispatcher.close()
+
+    async def connect(self, timeout: float | None = None) -> dict[str, Any]:
+        """Send ``connect``; keep the channel data in ``context`` and its uuid in ``uuid``."""
+        reply = await self.send("connect", timeout=timeout)
+        if not is_ok(reply) and "Unique-ID" not in reply:
+            raise GenesisError(f"connect refused: {reply.get('Reply-Text')}")
+        context = dict(reply)
+        uuid = context.get("Unique-ID") or context.get("Channel-Unique-ID")
+        if not isinstance(uuid, str):
+            raise ProtocolError("connect reply carries no Unique-ID", 0, b"")
+        self.context = context
+        self.uuid = uuid
+        return context
+
+    # -- channel-bound behaviour of the base class ---------------------------------------
+
+    def _own_channel(self) -> str:
+        if self.uuid is None:
+            raise GenesisError("the session is not connected yet (no uuid)")
+        return self.uuid
+
+    def _check_channel(self, uuid: str) -> None:
+        if uuid == self.uuid and self.gone:
+            raise SessionGoneAway(f"session {uuid} has hung up")
+
+    def _gone_error(self, uuid: str, cause: str | None) -> Exception:
+        if uuid == self.uuid:
+            return SessionGoneAway(f"session {uuid} hung up ({cause})")
+        return super()._gone_error(uuid, cause)
+
+    def _execution_lost(self, reason: str) -> Exception:
+        return SessionGoneAway(f"session {self.uuid}: {reason}")
+
+    def _internal_event(self, event: ESLEvent, name: str) -> None:
+        if (
+            not self.gone
+            and name in ("CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE")
+            and event.get("Unique-ID") == self.uuid
+        ):
+            self.gone = True
+        super()._internal_event(event, name)
+
+    def _disconnect_notice(self, notice: ESLEvent) -> None:
+        disposition = notice.get("Content-Disposition")
+        self.gone = True
+        if disposition == "linger":
+            self.lingering = True
+        uuid = self.uuid
+        if uuid is not None:
+            waiters = self._exec_waiters.pop(uuid, None)
+            for future in (waiters or {}).values():
+                if not future.done():
+                    future.set_exception(SessionGoneAway(f"session {uuid} hung up ({disposition})"))
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("session %s: disconnect notice (%s)", uuid, disposition)
+
+    def _auth_request(self) -> None:
+        logger.warning("session %s: auth/request on an outbound connection ignored", self.uuid)
+
+    def _lost_error(self, reason: str, stage: CommandStage) -> Exception:
+        return super()._lost_error(f"session {self.uuid}: {reason}", stage)
+
+
+class Outbound:
+    """The outbound server: ``await Outbound(handler, "0.0.0.0", 9000).start()``."""
+
+    def __init__(
+        self,
+        handler: SessionHandler,
+        host: str = "127.0.0.1",
+        port: int = 9000,
+        events: bool = True,
+        linger: bool = True,
+        *,
+        timeout: float = 5.0,
+        reuse_port: bool = False,
+        backlog: int = 1024,
+        max_concurrency: int = 64,
+        max_pending: int = 1024,
+    ) -> None:
+        self.handler = handler
+        self.host = host
+        self.port = port
+        self.events = events
+        self.linger = linger
+        self.timeout = timeout
+        self.reuse_port = reuse_port
+        self.backlog = backlog
+        self.max_concurrency = max_concurrency
+        self.max_pending = max_pending
+        self.sessions: dict[Session, asyncio.Task[None]] = {}
+        self._server: asyncio.Server | None = None
+        self._stopped: asyncio.Future[None] | None = None
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The (host, port) pairs actually listened on (port 0 resolves here)."""
+        if self._server is None:
+            return []
+        return [(s.getsockname()[0], s.getsockname()[1]) for s in self._server.sockets]
+
+    async def start(self, block: bool = True) -> None:
+        """Listen; with ``block`` serve until :meth:`stop`, else return once listening.
+
+        ``reuse_port=True`` sets SO_REUSEPORT so several worker processes can listen on the
+        same port and the kernel spreads calls between them.
+        """
+        if self._server is not None:
+            raise GenesisError("already listening: call stop() first")
+        loop = asyncio.get_running_loop()
+        if self.reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+            raise GenesisError("reuse_port is not supported on this platform")
+        try:
+            self._server = await loop.create_server(
+                self._session_factory, self.host, self.port,
+                reuse_port=self.reuse_port or None, backlog=self.backlog,
+            )
+        except OSError as exc:
+            raise ConnectionError(f"cannot listen on {self.host}:{self.port}: {exc}") from exc
+        self._stopped = loop.create_future()
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("outbound server listening on %s", self.addresses)
+        if block:
+            await asyncio.shield(self._stopped)
+
+    def _session_factory(self) -> Session:
+        return Session(self, max_concurrency=self.max_concurrency, max_pending=self.max_pending)
+
+    def _accept(self, session: Session) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve(session))
+        self.sessions[session] = task
+        task.add_done_callback(lambda _t: self.sessions.pop(session, None))
+
+    async def _serve(self, session: Session) -> None:
+        tracer = tracing.tracer()
+        if tracer is None:
+            await self._run(session)
+            return
+        with tracer.start_as_current_span("outbound_handle_connection") as span:
+            if span.is_recording() and session.peer is not None:
+                span.set_attribute("net.peer.name", session.peer[0])
+                span.set_attribute("net.peer.port", session.peer[1])
+            await self._run(session)
+
+    async def _run(self, session: Session) -> None:
+        try:
+            await session.connect(timeout=self.timeout)
+            assert session.uuid is not None
+            if self.events:
+                await asyncio.wait_for(session.add_filter("Unique-ID", session.uuid), self.timeout)
+                await asyncio.wait_for(session.subscribe("ALL"), self.timeout)
+            if self.linger:
+                await session.send("linger", timeout=self.timeout)
+            session.channel = _channel_for(session)
+            await self.handler(session)
+        except (SessionGoneAway, ConnectionError) as exc:
+            logger.info("session %s ended: %s", session.uuid, exc)
+        except asyncio.TimeoutError:
+            logger.error("session %s: FreeSWITCH did not answer the handshake in %ss",
+                         session.uuid, self.timeout)
+        except Exception:
+            logger.exception("outbound handler failed for session %s", session.uuid)
+        finally:
+            await session.close()
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop listening; let running sessions finish for ``timeout`` s, then cancel them."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        tasks = list(self.sessions.values())
+        if tasks and timeout > 0:
+            await asyncio.wait(tasks, timeout=timeout)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if server is not None:
+            await server.wait_closed()
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
+
+def _channel_for(session: Session) -> Any:
+    """``Channel.from_session(session)``; the call-control module may not be installed yet."""
+    try:
+        module = importlib.import_module("genesis.channel")
+    except ModuleNotFoundError as exc:
+        if exc.name != "genesis.channel":
+            raise
+        logger.debug("genesis.channel not available: session.channel stays None")
+        return None
+    return module.Channel.from_session(session)
