@@ -1,0 +1,320 @@
+"""Framing, decoding, laziness and error behaviour of both parser twins."""
+
+from __future__ import annotations
+
+import collections.abc
+import json
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from genesis.exceptions import ProtocolError
+
+
+def _event(lines: bytes, body: bytes | None = None) -> bytes:
+    inner = lines + (b"\n" if body is None else b"Content-Length: %d\n\n" % len(body) + body)
+    return b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(inner) + inner
+
+
+def _one(twin: ModuleType, data: bytes) -> Any:
+    messages = twin.Parser().feed(data)
+    assert len(messages) == 1
+    return messages[0]
+
+
+def test_reply_and_auth_request(twin: ModuleType) -> None:
+    parser = twin.Parser()
+    assert parser.feed(b"Content-Type: auth/req") == []
+    assert parser.buffered == 22
+    auth, reply = parser.feed(b"uest\n\nContent-Type: command/reply\nReply-Text: +OK accepted\n\n")
+    assert auth.kind == twin.KIND_AUTH_REQUEST
+    assert auth.content_type == "auth/request"
+    assert auth.body is None and auth.raw_body is None
+    assert dict(auth) == {"Content-Type": "auth/request"}
+    assert reply.kind == twin.KIND_COMMAND_REPLY
+    assert reply["Reply-Text"] == "+OK accepted"
+    assert reply.name is None
+    assert parser.buffered == 0
+
+
+def test_api_response_body_is_bytes_counted(twin: ModuleType) -> None:
+    body = "réponse ✓\n".encode()
+    data = b"Content-Type: api/response\nContent-Length: %d\n\n" % len(body) + body
+    message = _one(twin, data)
+    assert message.kind == twin.KIND_API_RESPONSE
+    assert message.body == "réponse ✓\n"
+    assert message.raw_body == body
+    assert message["Content-Length"] == str(len(body))
+
+
+def test_plain_event_with_inner_body(twin: ModuleType) -> None:
+    data = _event(b"Event-Name: BACKGROUND_JOB\nJob-UUID: abc\nJob-Command-Arg: a%20b%26c\n",
+                  b"+OK done\n")
+    event = _one(twin, data)
+    assert event.kind == twin.KIND_EVENT
+    assert event.content_type == "text/event-plain"
+    assert event.name == "BACKGROUND_JOB"
+    assert event.body == "+OK done\n"
+    assert dict(event) == {"Event-Name": "BACKGROUND_JOB", "Job-UUID": "abc",
+                           "Job-Command-Arg": "a b&c"}
+
+
+def test_crlf_and_leading_blank_lines(twin: ModuleType) -> None:
+    data = (b"\n\r\nContent-Type: command/reply\r\nReply-Text: +OK\r\n\r\n"
+            b"\nContent-Type: api/response\r\nContent-Length: 3\r\n\r\nabc")
+    reply, api = twin.Parser().feed(data)
+    assert reply["Reply-Text"] == "+OK"
+    assert api.body == "abc"
+
+
+def test_header_line_split_rules(twin: ModuleType) -> None:
+    message = _one(twin, b"Content-Type: x/y\nA:no-space\nB:  two\nC: d: e\nD: \n\n")
+    assert message.kind == twin.KIND_UNKNOWN
+    assert message["A"] == "no-space"
+    assert message["B"] == " two"
+    assert message["C"] == "d: e"
+    assert message["D"] == ""
+
+
+def test_unknown_and_missing_content_type(twin: ModuleType) -> None:
+    first, second = twin.Parser().feed(b"X-Thing: 1\n\nContent-Type: foo/bar\nContent-Length: 2\n\nhi")
+    assert first.kind == twin.KIND_UNKNOWN and first.content_type == ""
+    assert second.kind == twin.KIND_UNKNOWN and second.body == "hi"
+
+
+@pytest.mark.parametrize(("ctype", "kind"), [
+    ("log/data", "KIND_LOG"), ("text/disconnect-notice", "KIND_DISCONNECT_NOTICE"),
+    ("text/rude-rejection", "KIND_RUDE_REJECTION")])
+def test_other_kinds_keep_headers_literally(twin: ModuleType, ctype: str, kind: str) -> None:
+    body = b"Access Denied, go away.\n"
+    data = b"Content-Type: %s\nContent-Length: %d\nLog-File: a%%20b\n\n" % (
+        ctype.encode(), len(body)) + body
+    message = _one(twin, data)
+    assert message.kind == getattr(twin, kind)
+    assert message["Log-File"] == "a%20b"
+    assert message.body == body.decode()
+    assert message.name is None
+
+
+def test_connect_reply_values_are_decoded(twin: ModuleType) -> None:
+    message = _one(twin, b"Event-Name: CHANNEL_DATA\nContent-Type: command/reply\n"
+                         b"Reply-Text: %2BOK%0A\nvariable_x: ARRAY%3A%3Aa%7C%3Ab\n\n")
+    assert message.kind == twin.KIND_COMMAND_REPLY
+    assert message["Reply-Text"] == "+OK\n"
+    assert message["variable_x"] == ["a", "b"]
+
+
+def test_custom_event_routing_name(twin: ModuleType) -> None:
+    event = _one(twin, _event(b"Event-Name: CUSTOM\nEvent-Subclass: sofia%3A%3Aregister\n"))
+    assert event.name == "sofia::register"
+    assert event["Event-Subclass"] == "sofia::register"
+
+
+def test_json_and_xml_events(twin: ModuleType) -> None:
+    doc = b'{"Event-Name":"CUSTOM","Event-Subclass":"a::b","L":["x","y"],"Content-Length":"2","_body":"hi"}'
+    event = _one(twin, b"Content-Length: %d\nContent-Type: text/event-json\n\n" % len(doc) + doc)
+    assert event.name == "a::b"
+    assert dict(event) == {"Event-Name": "CUSTOM", "Event-Subclass": "a::b", "L": ["x", "y"]}
+    assert event.body == "hi"
+    xml = (b"<event>\n  <headers>\n    <Event-Name>DTMF</Event-Name>\n    <D>%23</D>\n"
+           b"    <L>x</L>\n    <L>y</L>\n    <E/>\n  </headers>\n  <Content-Length>5</Content-Length>\n"
+           b"  <body>a&lt;b\n\n  </body>\n</event>\n")
+    event = _one(twin, b"Content-Length: %d\nContent-Type: text/event-xml\n\n" % len(xml) + xml)
+    assert dict(event) == {"Event-Name": "DTMF", "D": "#", "L": ["x", "y"], "E": ""}
+    assert event.body == "a<b\n\n"
+
+
+def test_values_decode_without_raising(twin: ModuleType) -> None:
+    event = _one(twin, _event(b"Event-Name: X\nBad: 100%\nHalf: %4\nNotHex: %zz%41+1\n"
+                              b"Latin1: caf%E9\nUtf8: caf%C3%a9\nRawBad: \xff\xfe\n"))
+    assert event["Bad"] == "100%"
+    assert event["Half"] == "%4"
+    assert event["NotHex"] == "%zzA+1"
+    assert event["Utf8"] == "café"
+    assert event["Latin1"].encode("utf-8", "surrogateescape") == b"caf\xe9"
+    assert event["RawBad"].encode("utf-8", "surrogateescape") == b"\xff\xfe"
+    json.dumps(dict(event), ensure_ascii=True)  # lone surrogates serialize as \udcxx escapes
+
+
+def test_invalid_utf8_names_and_bodies(twin: ModuleType) -> None:
+    event = _one(twin, _event(b"Event-Name: X\nN\xe9: v\n", b"\xff body"))
+    assert "N\udce9" in event
+    assert event.raw_body == b"\xff body"
+    assert event.body.encode("utf-8", "surrogateescape") == b"\xff body"
+
+
+def test_mapping_protocol(twin: ModuleType) -> None:
+    event = _one(twin, _event(b"Event-Name: A\nDup: 1\nX: y\nDup: 2\n"))
+    assert isinstance(event, collections.abc.MutableMapping)
+    assert isinstance(event, collections.abc.Mapping)
+    assert "X" in event and "Nope" not in event and 3 not in event
+    assert event.get("Nope") is None and event.get("Nope", 7) == 7
+    assert event["Dup"] == ["1", "2"]
+    assert list(event) == ["Event-Name", "Dup", "X"]
+    assert len(event) == 3
+    assert dict(event.items()) == {"Event-Name": "A", "Dup": ["1", "2"], "X": "y"}
+    assert json.loads(json.dumps(dict(event))) == dict(event)
+    with pytest.raises(KeyError):
+        event["Nope"]
+    event["New"] = "v"
+    del event["X"]
+    assert dict(event) == {"Event-Name": "A", "Dup": ["1", "2"], "New": "v"}
+    assert event.copy() == dict(event) and type(event.copy()) is dict
+    with pytest.raises(TypeError):
+        event["Bad"] = 5
+    assert "A" in repr(event)
+
+
+def test_user_built_event_and_equality(twin: ModuleType) -> None:
+    built = twin.ESLEvent({"Event-Name": "A", "X": ["1", "2"]}, body="b")
+    assert built.kind == twin.KIND_EVENT and built.content_type == "text/event-plain"
+    assert built.name == "A" and built.body == "b" and built.raw_body == b"b"
+    from_pairs = twin.ESLEvent([("Event-Name", "A"), ("X", "1"), ("X", "2")], body=b"b")
+    assert built == from_pairs
+    assert built == {"Event-Name": "A", "X": ["1", "2"]}
+    assert built != twin.ESLEvent({"Event-Name": "A", "X": ["1", "2"]})
+    parsed = _one(twin, _event(b"Event-Name: A\nX: ARRAY%3A%3A1%7C%3A2\n", b"b"))
+    assert parsed == built
+    assert twin.ESLEvent() == {} and twin.ESLEvent().name is None
+
+
+def test_laziness_decodes_only_what_is_read(twin: ModuleType) -> None:
+    lines = b"".join(b"H-%d: value%%20%d\n" % (i, i) for i in range(148))
+    event = _one(twin, _event(b"Event-Name: BIG\n" + lines + b"Broken: %G%\n"))
+    assert event.decoded == 0
+    assert event["H-7"] == "value 7"
+    assert event["H-100"] == "value 100"
+    assert event["H-7"] == "value 7"
+    assert event.decoded == 2
+    assert "H-5" in event and event.decoded == 2
+    assert len(event) == 150
+    assert event.decoded == 150
+    assert event["Broken"] == "%G%"
+
+
+def test_json_and_user_events_are_eager(twin: ModuleType) -> None:
+    doc = b'{"Event-Name":"A","B":"c"}'
+    event = _one(twin, b"Content-Length: %d\nContent-Type: text/event-json\n\n" % len(doc) + doc)
+    assert event.decoded == 2
+    assert twin.ESLEvent({"A": "b"}).decoded == 1
+
+
+def _error(twin: ModuleType, data: bytes, parser: Any = None) -> ProtocolError:
+    parser = parser or twin.Parser()
+    with pytest.raises(ProtocolError) as caught:
+        parser.feed(data)
+    return caught.value
+
+
+GOOD = b"Content-Type: command/reply\nReply-Text: +OK\n\n"
+
+
+@pytest.mark.parametrize(("bad", "reason"), [
+    (b"Content-Type: command/reply\nno colon here\n\n", "without ':'"),
+    (b"Content-Length: abc\n\n", "not a decimal"),
+    (b"Content-Length: -1\n\n", "not a decimal"),
+    (b"Content-Length: \n\n", "not a decimal"),
+    (b"Content-Length: 1\nContent-Length: 2\n\nab", "two different"),
+    (b"Content-Length: 99999999\n\n", "exceeds max_body_size"),
+    (b"Content-Length: 4\nContent-Type: text/event-plain\n\nA: b", "inner header"),
+    (b"Content-Length: 11\nContent-Type: text/event-plain\n\nA: b\nnope\n\n", "without ':'"),
+    (b"Content-Length: 26\nContent-Type: text/event-plain\n\nA: b\nContent-Length: 5\n\nab",
+     "truncated"),
+    (b"Content-Length: 9\nContent-Type: text/event-plain\n\nA: b\n\nxyz", "no inner Content-Length"),
+    (b"Content-Length: 3\nContent-Type: text/event-json\n\n{x}", "JSON"),
+    (b"Content-Length: 2\nContent-Type: text/event-json\n\n[]", "JSON"),
+    (b"Content-Length: 8\nContent-Type: text/event-json\n\n{\"a\": 1}", "JSON"),
+    (b"Content-Length: 7\nContent-Type: text/event-xml\n\n<event>", "XML"),
+    (b"Content-Length: 37\nContent-Type: text/event-xml\n\n<event><headers><a>b</c></headers></event>"[:88],
+     "XML"),
+])
+def test_errors_carry_offset_and_excerpt(twin: ModuleType, bad: bytes, reason: str) -> None:
+    parser = twin.Parser(max_body_size=1 << 20)
+    error = _error(twin, GOOD + bad, parser)
+    assert reason in error.reason
+    assert error.offset == len(GOOD)
+    assert error.excerpt and len(error.excerpt) <= 64
+    assert [m["Reply-Text"] for m in error.messages] == ["+OK"]
+    # Sticky until reset(): even good bytes are refused, with the same location.
+    again = _error(twin, GOOD, parser)
+    assert again.offset == error.offset and again.excerpt == error.excerpt
+    parser.reset()
+    assert parser.offset == 0 and parser.buffered == 0
+    assert [m["Reply-Text"] for m in parser.feed(GOOD)] == ["+OK"]
+
+
+def test_excerpt_points_at_the_bad_line(twin: ModuleType) -> None:
+    error = _error(twin, b"Content-Type: x\nthis line is bad\nA: b\n\n")
+    assert error.excerpt == b"this line is bad"
+    assert error.offset == 0
+
+
+def test_header_block_that_never_ends_is_bounded(twin: ModuleType) -> None:
+    parser = twin.Parser(max_header_size=1024)
+    line = b"X-Filler: " + b"a" * 90 + b"\n"
+    for _ in range(10):
+        assert parser.feed(line) == []
+    assert parser.buffered == 1010
+    error = _error(twin, line, parser)
+    assert "max_header_size" in error.reason
+    # The same block in one piece fails the same way, even with its end included.
+    whole = _error(twin, line * 11 + b"\n", twin.Parser(max_header_size=1024))
+    assert (whole.reason, whole.offset) == (error.reason, error.offset)
+    assert twin.Parser(max_header_size=1111 + 1).feed(line * 11 + b"\n")
+
+
+def test_blank_lines_alone_never_accumulate(twin: ModuleType) -> None:
+    parser = twin.Parser(max_header_size=16)
+    for _ in range(100):
+        assert parser.feed(b"\r\n\n" * 50) == []
+    assert parser.buffered == 0
+    assert parser.offset == 100 * 150
+
+
+def test_limits_are_configurable(twin: ModuleType) -> None:
+    data = b"Content-Type: api/response\nContent-Length: 10\n\n0123456789"
+    assert _one(twin, data).body == "0123456789"
+    parser = twin.Parser(max_body_size=9)
+    assert "max_body_size" in _error(twin, data, parser).reason
+    with pytest.raises(ValueError):
+        twin.Parser(max_header_size=0)
+
+
+def test_body_split_across_feeds(twin: ModuleType) -> None:
+    data = _event(b"Event-Name: A\n", b"0123456789" * 100)
+    parser = twin.Parser()
+    out: list[Any] = []
+    for i in range(0, len(data), 7):
+        out += parser.feed(memoryview(data)[i:i + 7])
+        assert parser.offset + parser.buffered == min(i + 7, len(data))
+    assert [e.body for e in out] == ["0123456789" * 100]
+    assert parser.feed(bytearray(GOOD))[0]["Reply-Text"] == "+OK"
+
+
+def test_parse_headers_compatibility() -> None:
+    from genesis.protocol.parser import ESLEvent, parse_headers
+
+    event = parse_headers("Event-Name: CUSTOM\r\nEvent-Subclass: a%3A%3Ab\n\nContent-Length: 5\n"
+                          "Dup: 1\nDup: 2\nArr: ARRAY::x|:y\n")
+    assert isinstance(event, ESLEvent)
+    assert dict(event) == {"Event-Name": "CUSTOM", "Event-Subclass": "a::b",
+                           "Content-Length": "5", "Dup": ["1", "2"], "Arr": ["x", "y"]}
+    assert event.name == "a::b"
+    assert dict(parse_headers("")) == {}
+    with pytest.raises(ProtocolError):
+        parse_headers("Good: 1\nbad line\n")
+
+
+def test_selector_module() -> None:
+    import os
+
+    from genesis.protocol import parser
+
+    expected = "python" if os.environ.get("GENESIS_NO_EXTENSIONS") == "1" else parser.IMPLEMENTATION
+    assert expected == parser.IMPLEMENTATION
+    assert parser.IMPLEMENTATION in ("compiled", "python")
+    assert parser.MessageKind.EVENT == parser.KIND_EVENT == 4
+    assert [int(k) for k in parser.MessageKind] == list(range(1, 9))
+    module = parser.Parser.__module__
+    assert module == ("genesis._parser" if parser.IMPLEMENTATION == "compiled" else "genesis._parser_py")
