@@ -1,5 +1,11 @@
 """Ring groups and the load balancers that spread calls over destinations.
 
+:meth:`RingGroup.ring` originates legs (:meth:`Channel.create`, ``bgapi`` so they ring
+at once on one connection) and returns the first to answer. It only ever touches legs
+it created, addressed by uuid: the caller's channel of an outbound session is left
+alone. Every leg it created and does not return is hung up, whatever way ``ring``
+ends (answer elsewhere, timeout, cancellation, error).
+
 A balancer counts the calls active on each destination, from the moment a leg is
 chosen for it until that leg ends; counting until answer (as the release this
 project replaces did) lets a burst of ringing legs overload one gateway.
@@ -11,14 +17,36 @@ step (a plain comparison in memory, one Lua script in Redis).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
+import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from genesis import tracing
+from genesis.channel import Channel
+from genesis.exceptions import ChannelError, GenesisError
+from genesis.types import ChannelState
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from genesis.protocol.base import Protocol as ESLProtocol
 
 logger = logging.getLogger(__name__)
+
+# Background decrements and hangups: referenced here so they are not garbage collected.
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _spawn(coro: Any) -> None:
+    task = asyncio.ensure_future(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 class LoadBalancerBackend(ABC):
@@ -262,3 +290,190 @@ class RedisLoadBalancer(LoadBalancerBackend):
             except Exception:
                 # Two more renewals happen before a lease lapses: log and keep going.
                 logger.warning("renewing load balancer leases failed", exc_info=True)
+
+
+class RingMode(str, Enum):
+    """How a ring group reaches its destinations."""
+
+    PARALLEL = "parallel"
+    SEQUENTIAL = "sequential"
+    BALANCING = "balancing"
+
+
+class RingGroup:
+    """Ring several destinations and keep the leg that answers."""
+
+    @classmethod
+    async def ring(
+        cls,
+        protocol: ESLProtocol,
+        group: Sequence[str],
+        mode: RingMode = RingMode.PARALLEL,
+        timeout: float = 30.0,
+        variables: Mapping[str, object] | None = None,
+        balancer: LoadBalancerBackend | None = None,
+    ) -> Channel | None:
+        """Return the first leg to answer (parked), or None if none answered.
+
+        PARALLEL rings every destination at once, ``timeout`` counted from the start.
+        SEQUENTIAL rings them one after another, each for ``timeout``. BALANCING rings
+        one at a time in the order the balancer picks (least loaded first, counted
+        atomically), each for ``timeout``; it needs a ``balancer`` (ValueError). With a
+        balancer, each leg counts on its destination from the moment it is chosen until
+        it ends.
+        """
+        mode = RingMode(mode)
+        if mode is RingMode.BALANCING and balancer is None:
+            raise ValueError("RingMode.BALANCING needs a balancer")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        run = _Ring(protocol, list(group), mode, timeout, variables, balancer)
+        tracer = tracing.tracer()
+        if tracer is None:
+            return await run.run(None)
+        with tracer.start_as_current_span("ring_group.ring") as span:
+            if not span.is_recording():
+                return await run.run(None)
+            span.set_attributes(
+                {
+                    "ring_group.mode": mode.value,
+                    "ring_group.size": len(group),
+                    "ring_group.timeout": timeout,
+                    "ring_group.has_balancer": balancer is not None,
+                    "ring_group.has_variables": bool(variables),
+                    "ring_group.balanced": mode is RingMode.BALANCING,
+                }
+            )
+            return await run.run(span)
+
+
+class _Ring:
+    """One ``ring`` call: the legs it created, so all but the winner can be hung up."""
+
+    def __init__(
+        self,
+        protocol: ESLProtocol,
+        group: list[str],
+        mode: RingMode,
+        timeout: float,
+        variables: Mapping[str, object] | None,
+        balancer: LoadBalancerBackend | None,
+    ) -> None:
+        self.protocol = protocol
+        self.group = group
+        self.mode = mode
+        self.timeout = timeout
+        self.variables = variables
+        self.balancer = balancer
+        self.legs: list[Channel] = []
+
+    async def run(self, span: Span | None) -> Channel | None:
+        started = time.monotonic()
+        winner: Channel | None = None
+        try:
+            if self.mode is RingMode.PARALLEL:
+                winner = await self._parallel()
+            else:
+                winner = await self._one_by_one()
+        except BaseException as exc:
+            if span is not None:
+                cancelled = isinstance(exc, asyncio.CancelledError)
+                span.set_attribute("ring_group.result", "cancelled" if cancelled else "error")
+                span.set_attribute("ring_group.error", f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            # Shielded: a cancelled ring must still hang up what it rang.
+            await asyncio.shield(self._hangup_losers(winner))
+            if span is not None:
+                span.set_attribute("ring_group.duration", time.monotonic() - started)
+        if span is not None:
+            span.set_attribute("ring_group.result", "answered" if winner else "no_answer")
+            if winner is not None:
+                span.set_attribute("ring_group.answered_uuid", winner.uuid)
+                span.set_attribute("ring_group.answered_dial_path", winner.dial_path or "")
+        return winner
+
+    async def _parallel(self) -> Channel | None:
+        deadline = time.monotonic() + self.timeout
+        pending = {asyncio.ensure_future(self._leg(d, deadline)) for d in self.group}
+        try:
+            while pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                done, pending = await asyncio.wait(
+                    pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    leg = task.result()
+                    if leg is not None:
+                        return leg
+            return None
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _one_by_one(self) -> Channel | None:
+        remaining = list(self.group)
+        while remaining:
+            if self.mode is RingMode.BALANCING:
+                assert self.balancer is not None
+                destination = await self.balancer.acquire(remaining)
+                if destination is None:
+                    return None
+                counted = True
+            else:
+                destination, counted = remaining[0], False
+            remaining.remove(destination)
+            leg = await self._leg(destination, time.monotonic() + self.timeout, counted)
+            if leg is not None:
+                return leg
+        return None
+
+    async def _leg(
+        self, destination: str, deadline: float, counted: bool = False
+    ) -> Channel | None:
+        """Ring one destination until ``deadline``; the answered leg, or None."""
+        balancer = self.balancer
+        if balancer is not None and not counted:
+            await balancer.increment(destination)
+        on_end = None
+        if balancer is not None:
+
+            def on_end(_leg: Channel) -> None:
+                _spawn(balancer.decrement(destination))
+
+        try:
+            leg = await Channel.create(
+                self.protocol,
+                destination,
+                self.variables,
+                timeout=max(0.0, deadline - time.monotonic()),
+                on_end=on_end,
+            )
+        except ChannelError as exc:
+            logger.info("ring group leg %s failed: %s", destination, exc.cause)
+            return None
+        except GenesisError as exc:  # no ring or answer before the deadline
+            logger.info("ring group leg %s: %s", destination, exc)
+            return None
+        self.legs.append(leg)
+        remaining = deadline - time.monotonic()
+        if remaining > 0 and not leg.answered:
+            with contextlib.suppress(GenesisError):  # timeout: judged just below
+                await leg.wait(ChannelState.EXECUTE, timeout=remaining)
+        if leg.answered and not leg.is_gone:
+            return leg
+        return None
+
+    async def _hangup_losers(self, winner: Channel | None) -> None:
+        losers = [leg for leg in self.legs if leg is not winner and not leg.is_gone]
+        if losers:
+            results = await asyncio.gather(
+                *(leg.hangup("ORIGINATOR_CANCEL") for leg in losers), return_exceptions=True
+            )
+            for leg, result in zip(losers, results, strict=True):
+                if isinstance(result, BaseException):
+                    logger.warning("hanging up losing leg %s failed: %r", leg.uuid, result)

@@ -1,0 +1,736 @@
+"""``Channel``: one call leg, driven over an Inbound connection or an outbound Session.
+
+Three rules of the Event Socket shape this class:
+
+* ``api originate`` runs in the server's connection thread: nothing else moves on that
+  connection until the call is answered or fails. So :meth:`Channel.create` uses
+  ``bgapi originate`` with a uuid chosen here (``origination_uuid``), routes the leg's
+  events by that uuid *before* sending, and many legs ring at once on one connection.
+  A failure is reported by whichever comes first, the leg's CHANNEL_HANGUP or the job's
+  ``-ERR <CAUSE>`` body, and raised at once as :class:`ChannelError` with the cause.
+* ``sendmsg`` without a uuid targets the connection's own channel (outbound mode). Only
+  the Session's own channel may use that form; every other leg is addressed as
+  ``sendmsg <uuid>``, or a ring group cleaning up losing legs would hang up the caller.
+* Once a connection has any ``filter``, only matching events arrive. A leg created on a
+  filtered connection (an outbound session filters on its own Unique-ID) adds a
+  ``Unique-ID`` filter for itself, once, and removes it at CHANNEL_DESTROY so long-lived
+  connections do not accumulate filters. An unfiltered connection gets no filter: the
+  first filter would hide every other event.
+
+State and context come only from events whose Unique-ID is this leg's (the engine routes
+them by uuid), so DTMF and waits never see another channel's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+import time
+import uuid as uuidlib
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from genesis import tracing
+from genesis.exceptions import ChannelError, ChannelNotFound, SessionGoneAway, TimeoutError
+from genesis.types import ChannelState
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from genesis.protocol.base import Protocol as ESLProtocol
+    from genesis.protocol.parser import ESLEvent
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DTMFHandler = Callable[[str], Any]
+
+#: What a Channel needs delivered.
+CHANNEL_EVENTS = (
+    "CHANNEL_CREATE",
+    "CHANNEL_STATE",
+    "CHANNEL_ANSWER",
+    "CHANNEL_PARK",
+    "CHANNEL_EXECUTE_COMPLETE",
+    "CHANNEL_BRIDGE",
+    "CHANNEL_UNBRIDGE",
+    "CHANNEL_HANGUP",
+    "CHANNEL_HANGUP_COMPLETE",
+    "CHANNEL_DESTROY",
+    "DTMF",
+)
+#: The originate variables a caller may not override: Channel relies on both.
+RESERVED_VARIABLES = frozenset({"origination_uuid", "return_ring_ready"})
+_VARIABLE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*\Z")
+_HANGUP_EVENTS = frozenset({"CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_DESTROY"})
+# Events that carry the channel's full data (variable_* included): worth keeping as context.
+_CONTEXT_EVENTS = frozenset({"CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_PARK"})
+
+
+class _SessionLike(Protocol):
+    """What Channel uses of an outbound Session beyond the base Protocol."""
+
+    uuid: str
+    context: Mapping[str, Any]
+
+
+def escape_variable(value: object) -> str:
+    """Quote a value for an originate ``{name=value,...}`` block.
+
+    FreeSWITCH splits the block on commas (``\\,`` keeps one), splits the command on
+    spaces unless single-quoted, and ends the block at the matching brace; so commas and
+    quotes are backslash-escaped, and values with spaces or braces are single-quoted.
+    Line breaks cannot be sent in a command at all and raise ValueError.
+    """
+    # Python's True/False would reach FreeSWITCH's switch_true() as unknown words.
+    text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    if "\n" in text or "\r" in text or "\0" in text:
+        raise ValueError(f"originate variable values cannot contain line breaks: {text!r}")
+    escaped = text.replace("\\", "\\\\").replace(",", "\\,").replace("'", "\\'")
+    if not escaped or any(c in escaped for c in " \t{}[]<>"):
+        return f"'{escaped}'"
+    return escaped
+
+
+def build_dial_string(uuid: str, dial_path: str, variables: Mapping[str, object] | None) -> str:
+    """``{origination_uuid=…,return_ring_ready=true,<user vars>}<dial_path> &park()``."""
+    if not dial_path or any(c.isspace() for c in dial_path):
+        raise ValueError(f"dial path must be non-empty and contain no whitespace: {dial_path!r}")
+    parts = [f"origination_uuid={uuid}", "return_ring_ready=true"]
+    for name, value in (variables or {}).items():
+        if not _VARIABLE_NAME.match(name):
+            raise ValueError(f"invalid channel variable name: {name!r}")
+        if name.lower() in RESERVED_VARIABLES:
+            logger.warning("originate variable %r is set by Channel.create; ignored", name)
+            continue
+        parts.append(f"{name}={escape_variable(value)}")
+    return "{" + ",".join(parts) + "}" + dial_path + " &park()"
+
+
+def _header(event: ESLEvent, name: str) -> str | None:
+    value = event.get(name)
+    if isinstance(value, list):
+        return str(value[-1]) if value else None
+    return None if value is None else str(value)
+
+
+class Channel:
+    """A call leg. Build one with :meth:`create` (new leg) or :meth:`from_session`."""
+
+    def __init__(
+        self,
+        protocol: ESLProtocol,
+        uuid: str,
+        dial_path: str | None = None,
+        context: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.protocol = protocol
+        self.uuid = uuid
+        self.dial_path = dial_path
+        self.context: dict[str, Any] = dict(context) if context else {}
+        self.digits: str | None = None
+        self.hangup_cause: str | None = None
+        self._state = ChannelState.NONE
+        self._answered = False
+        self._hungup = False
+        self._created_at = time.monotonic()
+        self._answered_at: float | None = None
+        # The session's own channel is the only one addressed by a uuid-less sendmsg.
+        self._own = getattr(protocol, "uuid", None) == uuid
+        self._filtered = False
+        self._attached = False
+        self._abandoned = False
+        self._kill_sent = False
+        self._seen_any = False
+        self._ended = False
+        self._waiters: list[tuple[Callable[[ESLEvent], bool], asyncio.Future[ESLEvent | None]]] = []
+        self._dtmf: list[tuple[str | None, DTMFHandler]] = []
+        self._end_callbacks: list[Callable[[Channel], None]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __repr__(self) -> str:
+        return f"<Channel {self.uuid} {self.dial_path or ''} {self._state.name}>"
+
+    # -- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def from_session(cls, session: _SessionLike) -> Channel:
+        """The outbound session's own channel: operations use the session's sendmsg."""
+        context = session.context
+        channel = cls(session, session.uuid, None, context)  # type: ignore[arg-type]
+        state = context.get("Channel-State")
+        if isinstance(state, str):
+            channel._state = ChannelState.from_freeswitch(state)
+        channel._answered = context.get("Answer-State") == "answered"
+        channel._attach_routing()
+        return channel
+
+    @classmethod
+    async def create(
+        cls,
+        protocol: ESLProtocol,
+        dial_path: str,
+        variables: Mapping[str, object] | None = None,
+        *,
+        timeout: float | None = None,
+        on_end: Callable[[Channel], None] | None = None,
+    ) -> Channel:
+        """Originate a parked leg to ``dial_path`` without blocking the connection.
+
+        Returns once FreeSWITCH reports the leg ringing (``return_ring_ready``) or
+        answered. A failed originate raises :class:`ChannelError` whose ``cause`` is the
+        hangup cause, as soon as FreeSWITCH reports it. ``timeout`` bounds the wait
+        (``genesis.exceptions.TimeoutError``); on timeout or cancellation the leg, if it
+        came up at all, is hung up. ``on_end(channel)`` is called once when the leg ends,
+        even if this call raised (a load balancer counts the leg until then).
+        """
+        uuid = str(uuidlib.uuid4())
+        command = "originate " + build_dial_string(uuid, dial_path, variables)
+        channel = cls(protocol, uuid, dial_path)
+        if on_end is not None:
+            channel._end_callbacks.append(on_end)
+        tracer = tracing.tracer()
+        if tracer is None:
+            await channel._originate(command, timeout)
+            return channel
+        with tracer.start_as_current_span("channel.create") as span:
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        "channel.dial_path": dial_path,
+                        "channel.uuid": uuid,
+                        "channel.has_variables": bool(variables),
+                    }
+                )
+            await channel._originate(command, timeout)
+        return channel
+
+    async def _originate(self, command: str, timeout: float | None) -> None:
+        protocol = self.protocol
+        # Idempotent: the engine's ledger sends it once per connection.
+        await protocol.subscribe(*CHANNEL_EVENTS)
+        self._attach_routing()
+        try:
+            if protocol.has_filters:
+                await protocol.add_filter("Unique-ID", self.uuid)
+                self._filtered = True
+            hungup = self._wait_for(lambda _e: False)
+        except BaseException:
+            self._detach()
+            raise
+        job = asyncio.ensure_future(protocol.bgapi(command))
+        try:
+            done, _ = await asyncio.wait(
+                (job, hungup), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if job in done:
+                result = job.result()
+                body = (result.body or _header(result, "Reply-Text") or "").strip()
+                if not body.startswith("+OK"):
+                    cause = body[4:].strip() if body.startswith("-ERR") else body
+                    raise ChannelError(f"originate {self.dial_path} failed: {body}", cause or None)
+            elif hungup in done:
+                raise ChannelError(
+                    f"originate {self.dial_path} failed: {self.hangup_cause}", self.hangup_cause
+                )
+            else:
+                raise TimeoutError(f"originate {self.dial_path}: no answer or ring in {timeout} s")
+        except ChannelError:
+            job.cancel()
+            self._cancel_waiter(hungup)
+            if not self._hungup:
+                # The leg never existed (no route, bad gateway): nothing else will come.
+                self._detach()
+            raise
+        except BaseException:
+            # Timeout or cancellation while ringing: hang the leg up whenever it appears.
+            self._cancel_waiter(hungup)
+            self._abandon(job)
+            raise
+        self._cancel_waiter(hungup)
+
+    def _abandon(self, job: asyncio.Future[ESLEvent]) -> None:
+        self._abandoned = True
+        self._spawn(self._kill_abandoned(job))
+
+    async def _kill_abandoned(self, job: asyncio.Future[ESLEvent]) -> None:
+        await self._kill()
+        try:
+            result = await job
+        except Exception:
+            result = None
+        if result is not None and (result.body or "").startswith("+OK"):
+            await self._kill()  # the leg came up after the first attempt
+        elif not self._seen_any:
+            self._detach()
+
+    async def _kill(self) -> None:
+        if self._hungup:
+            return
+        try:
+            reply = await self.protocol.sendmsg(
+                "hangup", None, "ORIGINATOR_CANCEL", uuid=self.uuid
+            )
+        except Exception:
+            logger.warning("hanging up abandoned leg %s failed", self.uuid, exc_info=True)
+            return
+        if (_header(reply, "Reply-Text") or "").startswith("+OK"):
+            self._kill_sent = True
+
+    # -- event routing --------------------------------------------------------------------
+
+    def _attach_routing(self) -> None:
+        if not self._attached:
+            self.protocol.on_channel(self.uuid, "*", self._on_event)
+            self._attached = True
+
+    def _detach(self) -> None:
+        if self._attached:
+            self._attached = False
+            self.protocol.remove_channel(self.uuid, "*", self._on_event)
+        if self._filtered:
+            self._filtered = False
+            if self.protocol.is_connected:
+                self._spawn(self._remove_filter())
+        for _predicate, future in self._waiters:
+            if not future.done():
+                future.set_result(None)
+        self._waiters.clear()
+        self._run_end_callbacks()
+
+    async def _remove_filter(self) -> None:
+        try:
+            await self.protocol.remove_filter("Unique-ID", self.uuid)
+        except Exception:
+            logger.warning("removing the filter of channel %s failed", self.uuid, exc_info=True)
+
+    def _on_event(self, event: ESLEvent) -> None:
+        self._seen_any = True
+        name = event.name
+        if name == "CHANNEL_STATE":
+            state = _header(event, "Channel-State")
+            if state is not None:
+                self._state = ChannelState.from_freeswitch(state)
+        elif name == "CHANNEL_ANSWER":
+            self._answered = True
+            self._answered_at = time.monotonic()
+        elif name == "DTMF":
+            self._on_dtmf(event)
+        if name in _CONTEXT_EVENTS:
+            self.context.update(event.items())
+        if self._abandoned and not self._kill_sent and not self._hungup:
+            self._kill_sent = True
+            self._spawn(self._kill())
+        if name in _HANGUP_EVENTS:
+            if not self._hungup:
+                self._hungup = True
+                cause = _header(event, "Hangup-Cause")
+                self.hangup_cause = cause
+                if self._state < ChannelState.HANGUP:
+                    self._state = ChannelState.HANGUP
+                self._run_end_callbacks()
+            if name == "CHANNEL_DESTROY":
+                self._state = ChannelState.DESTROY
+                self._detach()
+                return
+        if self._waiters:
+            self._wake(event)
+
+    def _wake(self, event: ESLEvent) -> None:
+        hung = self._hungup
+        keep = []
+        for predicate, future in self._waiters:
+            if future.done():
+                continue
+            if hung:
+                future.set_result(None)  # a hangup ends every wait at once
+            elif predicate(event):
+                future.set_result(event)
+            else:
+                keep.append((predicate, future))
+        self._waiters = keep
+
+    def _wait_for(self, predicate: Callable[[ESLEvent], bool]) -> asyncio.Future[ESLEvent | None]:
+        future: asyncio.Future[ESLEvent | None] = asyncio.get_running_loop().create_future()
+        if self._hungup:
+            future.set_result(None)
+        else:
+            self._waiters.append((predicate, future))
+        return future
+
+    def _cancel_waiter(self, future: asyncio.Future[ESLEvent | None]) -> None:
+        future.cancel()
+        self._waiters = [w for w in self._waiters if w[1] is not future]
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def add_end_callback(self, callback: Callable[[Channel], None]) -> None:
+        """Call ``callback(channel)`` once when the leg ends: at its hangup, or when it is
+        known never to have existed (a failed originate). At once if it already ended."""
+        if self._ended:
+            callback(self)
+        else:
+            self._end_callbacks.append(callback)
+
+    def _run_end_callbacks(self) -> None:
+        self._ended = True
+        callbacks, self._end_callbacks = self._end_callbacks, []
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:
+                logger.exception("end callback of channel %s failed", self.uuid)
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ChannelState:
+        """The last Channel-State FreeSWITCH reported for this leg."""
+        return self._state
+
+    @property
+    def answered(self) -> bool:
+        """True once CHANNEL_ANSWER was seen for this leg."""
+        return self._answered
+
+    @property
+    def is_gone(self) -> bool:
+        """True once the leg hung up."""
+        return self._hungup
+
+    # -- commands ---------------------------------------------------------------------------
+
+    async def _execute(
+        self, app: str, data: str | None, block: bool, timeout: float | None
+    ) -> ESLEvent:
+        return await self._sendmsg("execute", app, data, block, timeout)
+
+    async def _sendmsg(
+        self, command: str, app: str | None, data: str | None, block: bool, timeout: float | None
+    ) -> ESLEvent:
+        if self._own:
+            return await self.protocol.sendmsg(command, app, data, block=block, timeout=timeout)
+        try:
+            reply = await self.protocol.sendmsg(
+                command, app, data, uuid=self.uuid, block=block, timeout=timeout
+            )
+        except SessionGoneAway as exc:
+            # Only the session's own channel going away is SessionGoneAway.
+            raise ChannelError(f"channel {self.uuid} hung up", self.hangup_cause) from exc
+        text = _header(reply, "Reply-Text") or ""
+        if text.startswith("-ERR"):
+            if "invalid session id" in text:
+                raise ChannelNotFound(f"channel {self.uuid} does not exist: {text}", None)
+            raise ChannelError(f"{command} {app or ''} on {self.uuid} failed: {text}", None)
+        return reply
+
+    async def _traced(
+        self,
+        name: str,
+        attributes: Callable[[], dict[str, Any]],
+        operation: Callable[[Span | None], Awaitable[T]],
+    ) -> T:
+        tracer = tracing.tracer()
+        if tracer is None:
+            return await operation(None)
+        with tracer.start_as_current_span(name) as span:
+            if not span.is_recording():
+                return await operation(None)
+            span.set_attributes(attributes())
+            return await operation(span)
+
+    async def answer(self) -> ESLEvent:
+        """Answer the leg; returns the CHANNEL_EXECUTE_COMPLETE of ``answer``."""
+
+        async def run(span: Span | None) -> ESLEvent:
+            started = time.monotonic()
+            try:
+                result = await self._execute("answer", None, True, None)
+            except BaseException:
+                if span is not None:
+                    span.set_attribute("channel.answer.success", False)
+                raise
+            if span is not None:
+                span.set_attribute("channel.answer.success", True)
+                span.set_attribute("channel.answer.duration", time.monotonic() - started)
+            return result
+
+        return await self._traced("channel.answer", self._base_attributes, run)
+
+    async def park(self) -> ESLEvent:
+        """Park the leg (it waits, answered or not, until told otherwise)."""
+
+        async def run(_span: Span | None) -> ESLEvent:
+            return await self._execute("park", None, False, None)
+
+        return await self._traced("channel.park", self._base_attributes, run)
+
+    async def hangup(self, cause: str = "NORMAL_CLEARING") -> ESLEvent | None:
+        """Hang the leg up with ``cause``; None if it had already hung up."""
+
+        async def run(span: Span | None) -> ESLEvent | None:
+            if span is not None:
+                span.set_attribute("call.duration", time.monotonic() - self._created_at)
+            if self._hungup:
+                return None
+            try:
+                return await self._sendmsg("hangup", None, cause, False, None)
+            except ChannelNotFound:
+                if self._hungup:  # it hung up by itself while our command travelled
+                    return None
+                raise
+
+        return await self._traced(
+            "channel.hangup", lambda: {**self._base_attributes(), "hangup.cause": cause}, run
+        )
+
+    async def bridge(self, other: Channel | _SessionLike) -> ESLEvent:
+        """Bridge this leg with another Channel or an outbound Session's channel."""
+        other_uuid = other.uuid
+
+        async def run(span: Span | None) -> ESLEvent:
+            reply = await self.protocol.send(f"api uuid_bridge {self.uuid} {other_uuid}")
+            output = (reply.body or "").strip()
+            ok = output.startswith("+OK")
+            if span is not None:
+                span.set_attribute("channel.bridge.success", ok)
+            if not ok:
+                raise ChannelError(f"bridge {self.uuid} with {other_uuid} failed: {output}", None)
+            return reply
+
+        return await self._traced(
+            "channel.bridge",
+            lambda: {**self._base_attributes(), "channel.other_uuid": other_uuid},
+            run,
+        )
+
+    async def playback(
+        self, path: str, block: bool = True, timeout: float | None = None
+    ) -> ESLEvent:
+        """Play ``path``; with ``block`` return its CHANNEL_EXECUTE_COMPLETE."""
+
+        async def run(_span: Span | None) -> ESLEvent:
+            return await self._execute("playback", path, block, timeout)
+
+        return await self._traced(
+            "channel.playback",
+            lambda: {"channel.uuid": self.uuid, "playback.path": path, "playback.block": block},
+            run,
+        )
+
+    async def say(
+        self,
+        text: str,
+        module: str = "en",
+        lang: str | None = None,
+        kind: str = "NUMBER",
+        method: str = "pronounced",
+        gender: str = "FEMININE",
+        block: bool = True,
+        timeout: float | None = None,
+    ) -> ESLEvent:
+        """Run ``say`` (``<module>[:<lang>] <kind> <method> <gender> <text>``)."""
+        target = f"{module}:{lang}" if lang else module
+        data = f"{target} {kind} {method} {gender} {text}"
+
+        async def run(_span: Span | None) -> ESLEvent:
+            return await self._execute("say", data, block, timeout)
+
+        return await self._traced(
+            "channel.say",
+            lambda: {
+                "channel.uuid": self.uuid,
+                "say.module": module,
+                "say.kind": kind,
+                "say.method": method,
+            },
+            run,
+        )
+
+    async def play_and_get_digits(
+        self,
+        tries: int,
+        timeout: int,
+        terminators: str,
+        file: str,
+        minimal: int = 0,
+        maximum: int = 128,
+        block: bool = True,
+        regexp: str | None = None,
+        var_name: str | None = None,
+        invalid_file: str | None = None,
+        digit_timeout: int | None = None,
+        transfer_on_failure: str | None = None,
+        sendmsg_timeout: float | None = None,
+    ) -> ESLEvent:
+        """Play ``file`` and collect digits; the digits land in :attr:`digits`.
+
+        FreeSWITCH stores them in the channel variable ``var_name`` (one is chosen when
+        none is given), which the CHANNEL_EXECUTE_COMPLETE carries as ``variable_<name>``.
+        ``timeout`` and ``digit_timeout`` are milliseconds, as FreeSWITCH takes them.
+        """
+        name = var_name or "genesis_digits"
+        args = [
+            str(minimal),
+            str(maximum),
+            str(tries),
+            str(timeout),
+            terminators or "none",
+            file,
+            invalid_file or "silence_stream://250",
+            name,
+            regexp or "\\d+",
+        ]
+        if digit_timeout is not None or transfer_on_failure is not None:
+            args.append(str(digit_timeout if digit_timeout is not None else timeout))
+        if transfer_on_failure is not None:
+            args.append(transfer_on_failure)
+
+        async def run(_span: Span | None) -> ESLEvent:
+            self.digits = None
+            result = await self._execute(
+                "play_and_get_digits", " ".join(args), block, sendmsg_timeout
+            )
+            if block:
+                self.digits = _header(result, "variable_" + name)
+            return result
+
+        return await self._traced(
+            "channel.play_and_get_digits",
+            lambda: {
+                "channel.uuid": self.uuid,
+                "play_and_get_digits.file": file,
+                "play_and_get_digits.tries": tries,
+            },
+            run,
+        )
+
+    async def log(self, level: str, message: str) -> ESLEvent:
+        """Write ``message`` to FreeSWITCH's log at ``level`` (the ``log`` application)."""
+        return await self._execute("log", f"{level} {message}", False, None)
+
+    async def wait(self, target: ChannelState | str, timeout: float = 30.0) -> ESLEvent | None:
+        """Wait until this leg reaches ``target`` (a ChannelState or its name) or fires
+        the event named ``target`` (``"DTMF"``, ``"CHANNEL_BRIDGE"``…).
+
+        EXECUTE needs both CS_EXECUTE and the answer (a ringing leg is already in
+        CS_EXECUTE-like states on some endpoints). Returns None at once when the target is
+        already reached or the leg has hung up; a hangup ends the wait, returning None.
+        For an event target the event is returned. ``timeout`` raises
+        :class:`genesis.exceptions.TimeoutError`.
+        """
+        state = _as_state(target)
+        label = state.name if state is not None else str(target)
+
+        async def run(span: Span | None) -> ESLEvent | None:
+            try:
+                result = await self._wait(state, str(target), timeout)
+            except TimeoutError:
+                if span is not None:
+                    span.set_attribute("wait.result", "timeout")
+                raise
+            if span is not None:
+                outcome = "hangup" if self._hungup and state != ChannelState.HANGUP else "reached"
+                span.set_attribute("wait.result", outcome)
+            return result
+
+        return await self._traced(
+            "channel.wait",
+            lambda: {
+                "channel.uuid": self.uuid,
+                "wait.target": label,
+                "wait.timeout": timeout,
+                "wait.type": "state" if state is not None else "event",
+            },
+            run,
+        )
+
+    async def _wait(
+        self, state: ChannelState | None, event_name: str, timeout: float
+    ) -> ESLEvent | None:
+        if state is not None:
+            if self._hungup or self._reached(state):
+                return None
+            future = self._wait_for(lambda _e: self._reached(state))
+        else:
+            if self._hungup:
+                return None
+            if event_name not in CHANNEL_EVENTS:
+                await self.protocol.subscribe(event_name)
+            future = self._wait_for(lambda e: e.name == event_name)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"channel {self.uuid}: no {event_name} within {timeout} s") from None
+        finally:
+            self._cancel_waiter(future)
+
+    def _reached(self, state: ChannelState) -> bool:
+        if state == ChannelState.EXECUTE:
+            return self._answered and ChannelState.EXECUTE <= self._state < ChannelState.HANGUP
+        return self._state >= state
+
+    # -- DTMF ---------------------------------------------------------------------------------
+
+    def on_dtmf(self, digit: str | None = None) -> Callable[[DTMFHandler], DTMFHandler]:
+        """Decorator: call the handler with each DTMF digit of this leg (or only ``digit``)."""
+
+        def register(handler: DTMFHandler) -> DTMFHandler:
+            self._dtmf.append((digit, handler))
+            return handler
+
+        return register
+
+    def _on_dtmf(self, event: ESLEvent) -> None:
+        digit = _header(event, "DTMF-Digit")
+        if digit is None:
+            return
+        handlers = [h for d, h in self._dtmf if d is None or d == digit]
+        tracer = tracing.tracer()
+        if tracer is not None:
+            with tracer.start_as_current_span("channel.dtmf.received") as span:
+                if span.is_recording():
+                    span.set_attributes(
+                        {
+                            "channel.uuid": self.uuid,
+                            "dtmf.digit": digit,
+                            "dtmf.handled": bool(handlers),
+                        }
+                    )
+                self._run_dtmf(handlers, digit)
+        elif handlers:
+            self._run_dtmf(handlers, digit)
+
+    def _run_dtmf(self, handlers: list[DTMFHandler], digit: str) -> None:
+        for handler in handlers:
+            try:
+                result = handler(digit)
+            except Exception:
+                logger.exception("DTMF handler of channel %s failed", self.uuid)
+                continue
+            if inspect.isawaitable(result):
+                self._spawn(_logged(result, self.uuid))
+
+    def _base_attributes(self) -> dict[str, Any]:
+        return {"channel.uuid": self.uuid, "channel.state": self._state.name}
+
+
+async def _logged(awaitable: Awaitable[Any], uuid: str) -> None:
+    try:
+        await awaitable
+    except Exception:
+        logger.exception("DTMF handler of channel %s failed", uuid)
+
+
+def _as_state(target: ChannelState | str) -> ChannelState | None:
+    if isinstance(target, ChannelState):
+        return target
+    key = target[3:] if target.startswith("CS_") else target
+    return ChannelState[key] if key in ChannelState.__members__ else None
+
+
