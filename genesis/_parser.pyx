@@ -22,7 +22,7 @@ from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.list cimport PyList_Append
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_INCREF
+from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy, memmove
@@ -30,6 +30,8 @@ from libc.string cimport memchr, memcmp, memcpy, memmove
 from genesis.exceptions import ProtocolError
 
 cdef extern from "Python.h":
+    dict _PyDict_NewPresized(Py_ssize_t minused)
+    PyObject* PyDict_SetDefault(object d, object key, object default) except NULL
     const char* PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t* size) except NULL
     void PyUnicode_InternInPlace(PyObject** p)
 
@@ -58,12 +60,17 @@ cdef enum:
     _F_XML = 3
     # Each header line is four uint32: name start, name length, value start, value length.
     _SLOT = 4
-    _EXCERPT = 80
+    # Set in a line's value length once its header has been counted in ``decoded``.
+    _SEEN = 0x80000000
+    _LEN_MASK = 0x7FFFFFFF
+    _EXCERPT = 64
     # Longer header names are decoded every time rather than cached: a hostile peer
     # must not be able to pin large strings in the process-wide cache.
     _NAME_CACHE_MAX_LEN = 64
     _NAME_CACHE_SIZE = 2048
     _NAME_CACHE_PROBE = 8
+    _VALUE_CACHE_MAX_LEN = 24
+    _VALUE_CACHE_SIZE = 4096
 
 # Marks "no value" where None is a legitimate default.
 _MISSING = object()
@@ -84,12 +91,32 @@ cdef struct _NameSlot:
 cdef _NameSlot _name_cache[_NAME_CACHE_SIZE]
 
 
-cdef inline uint64_t _fnv(const char* p, Py_ssize_t n) noexcept nogil:
-    cdef uint64_t h = 14695981039346656037ULL
+cdef inline uint64_t _load8(const char* p) noexcept nogil:
+    cdef uint64_t v
+    memcpy(&v, p, 8)
+    return v
+
+
+cdef inline uint64_t _hash_name(const char* p, Py_ssize_t n) noexcept nogil:
+    """A cheap hash of a header name: its length and three 8-byte windows.
+
+    Header names share long prefixes (``Caller-Channel-...``) but differ in
+    length or near the end; a byte-serial hash would cost more than the decoding
+    it saves. Collisions only cost a probe: every hit is confirmed by memcmp.
+    """
+    cdef uint64_t h = <uint64_t>n * 0x9E3779B97F4A7C15ULL
     cdef Py_ssize_t i
-    for i in range(n):
-        h = (h ^ <unsigned char>p[i]) * 1099511628211ULL
-    return h
+    if n >= 8:
+        h ^= _load8(p)
+        h = (h ^ (h >> 29)) * 0xBF58476D1CE4E5B9ULL
+        h ^= _load8(p + (n >> 1) - 4 if n >= 16 else p)
+        h = (h ^ (h >> 29)) * 0xBF58476D1CE4E5B9ULL
+        h ^= _load8(p + n - 8)
+    else:
+        for i in range(n):
+            h = (h << 8) | <unsigned char>p[i]
+    h = (h ^ (h >> 31)) * 0x94D049BB133111EBULL
+    return h ^ (h >> 32)
 
 
 cdef inline str _decode_bytes(const char* p, Py_ssize_t n):
@@ -107,7 +134,7 @@ cdef str _name_str(const char* p, Py_ssize_t n):
     cdef Py_ssize_t ulen
     if n > _NAME_CACHE_MAX_LEN:
         return _decode_bytes(p, n)
-    h = _fnv(p, n)
+    h = _hash_name(p, n)
     for i in range(_NAME_CACHE_PROBE):
         slot = <Py_ssize_t>((h + <uint64_t>i) & (_NAME_CACHE_SIZE - 1))
         e = &_name_cache[slot]
@@ -169,11 +196,41 @@ cdef Py_ssize_t _unescape(const char* src, Py_ssize_t n, char* dst) noexcept nog
     return o
 
 
+cdef struct _ValueSlot:
+    Py_ssize_t length
+    PyObject* text
+    char raw[_VALUE_CACHE_MAX_LEN]
+
+cdef _ValueSlot _value_cache[_VALUE_CACHE_SIZE]
+
+
+cdef str _short_value(const char* p, Py_ssize_t n):
+    """Decode a short value with no escapes, sharing the str with earlier events.
+
+    Most values are short tokens repeated in every event (``true``, ``8000``,
+    ``CS_EXECUTE``). The cache is direct-mapped and a miss replaces the slot, so
+    one-off values (sequence numbers) cycle through without pinning memory.
+    """
+    cdef _ValueSlot* e = &_value_cache[_hash_name(p, n) & (_VALUE_CACHE_SIZE - 1)]
+    cdef str text
+    if e.text != NULL and e.length == n and memcmp(e.raw, p, n) == 0:
+        return <str>e.text
+    text = PyUnicode_DecodeUTF8(p, n, "surrogateescape")
+    Py_INCREF(text)
+    Py_XDECREF(e.text)
+    e.text = <PyObject*>text
+    e.length = n
+    memcpy(e.raw, p, n)
+    return text
+
+
 cdef str _url_decode(const char* p, Py_ssize_t n):
     cdef char stack[256]
     cdef char* out
     cdef Py_ssize_t m
     if memchr(p, 37, n) == NULL:
+        if n <= _VALUE_CACHE_MAX_LEN:
+            return _short_value(p, n)
         return PyUnicode_DecodeUTF8(p, n, "surrogateescape")
     if n <= 256:
         m = _unescape(p, n, stack)
@@ -262,6 +319,7 @@ cdef class ESLEvent:
     cdef bint _body_decoded
     cdef object _name
     cdef bint _name_known
+    cdef Py_ssize_t _decoded
     cdef readonly int kind
     cdef readonly str content_type
 
@@ -278,6 +336,7 @@ cdef class ESLEvent:
         self._body_str = None
         self._body_decoded = False
         self._name_known = False
+        self._decoded = 0
         self.kind = _K_EVENT
         self.content_type = "text/event-plain"
 
@@ -286,11 +345,13 @@ cdef class ESLEvent:
         if headers is not None:
             items = headers.items() if isinstance(headers, Mapping) else headers
             for key, value in items:
+                _check_value(value)
                 if type(value) is list:
                     value = list(value)
                 old = d.get(key)
                 d[key] = value if old is None else _merge(old, value)
         self._dict = d
+        self._decoded = len(d)
         self._set_body(body)
 
     def __dealloc__(self):
@@ -309,10 +370,10 @@ cdef class ESLEvent:
             self._raw_body_obj = (<str>body).encode("utf-8", "surrogateescape")
             self._body_str = body
             self._body_decoded = True
-        elif isinstance(body, (bytes, bytearray, memoryview)):
-            self._raw_body_obj = bytes(body)
+        elif isinstance(body, bytes):
+            self._raw_body_obj = body
         else:
-            raise TypeError(f"ESLEvent body must be str, bytes or None, not {type(body).__name__}")
+            raise TypeError(f"body must be str, bytes or None, not {type(body).__name__}")
 
     # -- lazy access ------------------------------------------------------
 
@@ -320,11 +381,12 @@ cdef class ESLEvent:
         cdef const char* base = PyBytes_AS_STRING(self._raw)
         cdef uint32_t* s = self._lines + i * _SLOT
         cdef str v
+        cdef uint32_t n = s[3] & _LEN_MASK
         if self._urlenc:
-            v = _url_decode(base + s[2], s[3])
+            v = _url_decode(base + s[2], n)
         else:
-            v = _decode_bytes(base + s[2], s[3])
-        if s[3] >= 5 and base[s[2]] == 65:  # 'A': only then can it be ARRAY::
+            v = _decode_bytes(base + s[2], n)
+        if n >= 5 and base[s[2]] == 65:  # 'A': only then can it be ARRAY::
             return _split_array(v)
         return v
 
@@ -337,9 +399,9 @@ cdef class ESLEvent:
         cdef object found = None
         cdef bint hit = False
         if self._dict is not None:
-            return self._dict.get(key, default)
+            return (<dict>self._dict).get(key, default)
         if type(key) is not str:
-            return self._materialize().get(key, default)
+            return default if not isinstance(key, str) else self._materialize().get(key, default)
         try:
             k = PyUnicode_AsUTF8AndSize(key, &kl)
         except UnicodeEncodeError:
@@ -348,6 +410,9 @@ cdef class ESLEvent:
         for i in range(self._nlines):
             s = self._lines + i * _SLOT
             if s[1] == kl and memcmp(base + s[0], k, kl) == 0:
+                if not hit and not (s[3] & _SEEN):
+                    self._decoded += 1
+                s[3] |= _SEEN
                 if hit:
                     found = _merge(found, self._value_at(i))
                 else:
@@ -364,19 +429,18 @@ cdef class ESLEvent:
         cdef PyObject* old
         if self._dict is not None:
             return <dict>self._dict
-        d = {}
+        d = _PyDict_NewPresized(self._nlines)
         if self._raw is not None:
             base = PyBytes_AS_STRING(self._raw)
             for i in range(self._nlines):
                 s = self._lines + i * _SLOT
                 name = _name_str(base + s[0], s[1])
                 value = self._value_at(i)
-                old = PyDict_GetItem(d, name)
-                if old == NULL:
-                    PyDict_SetItem(d, name, value)
-                else:
+                old = PyDict_SetDefault(d, name, value)
+                if old != <PyObject*>value:
                     PyDict_SetItem(d, name, _merge(<object>old, value))
         self._dict = d
+        self._decoded = len(d)
         return d
 
     # -- routing ----------------------------------------------------------
@@ -415,6 +479,17 @@ cdef class ESLEvent:
             self._body_start = -1
         return self._raw_body_obj
 
+    @raw_body.setter
+    def raw_body(self, value):
+        if value is not None and not isinstance(value, bytes):
+            raise TypeError(f"raw_body must be bytes or None, not {type(value).__name__}")
+        self._set_body(value)
+
+    @property
+    def decoded(self):
+        """How many header names have had their value decoded so far (a laziness probe)."""
+        return self._decoded
+
     @property
     def body(self):
         """The body decoded as UTF-8 (invalid bytes kept as lone surrogates), or None."""
@@ -434,6 +509,8 @@ cdef class ESLEvent:
     # -- mapping protocol -------------------------------------------------
 
     def __getitem__(self, key):
+        if self._dict is not None:
+            return (<dict>self._dict)[key]
         value = self._lookup(key, _MISSING)
         if value is _MISSING:
             raise KeyError(key)
@@ -443,10 +520,15 @@ cdef class ESLEvent:
         return self._lookup(key, default)
 
     def __contains__(self, key):
+        if self._dict is not None:
+            return key in <dict>self._dict
         return self._lookup(key, _MISSING) is not _MISSING
 
     def __setitem__(self, key, value):
-        self._materialize()[key] = value
+        _check_value(value)
+        d = self._materialize()
+        d[key] = value
+        self._decoded = len(d)
         self._name_known = False
 
     def __delitem__(self, key):
@@ -479,12 +561,20 @@ cdef class ESLEvent:
         return self._materialize().popitem()
 
     def setdefault(self, key, default=None):
-        self._name_known = False
-        return self._materialize().setdefault(key, default)
+        d = self._materialize()
+        if key in d:
+            return d[key]
+        self[key] = default
+        return default
 
     def update(self, other=(), **kwargs):
-        self._materialize().update(other, **kwargs)
-        self._name_known = False
+        pairs = other.items() if isinstance(other, Mapping) else (
+            other.keys() and [(k, other[k]) for k in other.keys()]
+            if hasattr(other, "keys") else other)
+        for key, value in pairs:
+            self[key] = value
+        for key, value in kwargs.items():
+            self[key] = value
 
     def clear(self):
         self._materialize().clear()
@@ -492,7 +582,7 @@ cdef class ESLEvent:
 
     def copy(self):
         """A plain dict of the headers (the body is not part of the mapping)."""
-        return dict(self._materialize())
+        return {k: (list(v) if type(v) is list else v) for k, v in self._materialize().items()}
 
     def __eq__(self, other):
         if isinstance(other, ESLEvent):
@@ -510,12 +600,38 @@ cdef class ESLEvent:
 
     def __repr__(self):
         d = self._materialize()
-        shown = ", ".join(f"{k!r}: {v!r}" for k, v in list(d.items())[:3])
-        more = ", ..." if len(d) > 3 else ""
-        return f"<ESLEvent {self.name!r} {{{shown}{more}}}>"
+        shown = ", ".join(f"{k!r}: {v!r}" for k, v in list(d.items())[:4])
+        more = f", ... {len(d) - 4} more" if len(d) > 4 else ""
+        return f"<ESLEvent {self.name or self.content_type!s} {{{shown}{more}}}>"
+
+    cdef list _wire_names(self):
+        """Distinct header names in wire order, without decoding any value."""
+        cdef list names = []
+        cdef set seen = set()
+        cdef const char* base
+        cdef uint32_t* s
+        cdef Py_ssize_t i
+        if self._dict is not None:
+            return list(<dict>self._dict)
+        base = PyBytes_AS_STRING(self._raw)
+        for i in range(self._nlines):
+            s = self._lines + i * _SLOT
+            name = _name_str(base + s[0], s[1])
+            if name not in seen:
+                seen.add(name)
+                names.append(name)
+        return names
 
 
 MutableMapping.register(ESLEvent)
+
+
+cdef inline void _check_value(object value) except *:
+    if type(value) is str or isinstance(value, str):
+        return
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return
+    raise TypeError(f"header values are str or list[str], not {type(value).__name__}")
 
 
 # ---------------------------------------------------------------------------
@@ -728,8 +844,8 @@ cdef class Parser:
     cdef Py_ssize_t _ct_start, _ct_len
     cdef long long _offset
     cdef object _error
-    cdef readonly Py_ssize_t max_header_size
-    cdef readonly Py_ssize_t max_body_size
+    cdef public Py_ssize_t max_header_size
+    cdef public Py_ssize_t max_body_size
 
     def __cinit__(self, Py_ssize_t max_header_size=1 << 20, Py_ssize_t max_body_size=16 << 20):
         if max_header_size <= 0 or max_body_size < 0:
@@ -771,9 +887,7 @@ cdef class Parser:
         return self._offset
 
     cdef int _fail(self, str message, const char* p, Py_ssize_t n) except -1:
-        exc = ProtocolError(message, self._offset, _excerpt(p, n))
-        self._error = exc
-        raise exc
+        raise ProtocolError(message, self._offset, _excerpt(p, n))
 
     def feed(self, data):
         """Append ``data`` and return every message it completes, in order."""
@@ -782,7 +896,8 @@ cdef class Parser:
         cdef list out = []
         if self._error is not None:
             err = self._error
-            raise ProtocolError(err.reason, err.offset, err.excerpt)
+            raise ProtocolError(f"parser failed earlier ({err.reason}); reset() first",
+                                err.offset, err.excerpt)
         if isinstance(data, memoryview) and not data.c_contiguous:
             data = data.tobytes()
         view = data
@@ -792,9 +907,9 @@ cdef class Parser:
         try:
             self._parse(out)
         except ProtocolError as exc:
+            # Messages completed before the bad frame were received: hand them over.
+            exc.messages = out
             self._error = exc
-            raise
-        except MemoryError:
             raise
         return out
 
@@ -850,7 +965,7 @@ cdef class Parser:
                 self._fail(f"header block of {self._hdr_len} bytes exceeds max_header_size "
                            f"{self.max_header_size}", f, avail)
             return 1
-        if avail >= self.max_header_size:
+        if avail > self.max_header_size:
             self._fail(f"header block exceeds max_header_size {self.max_header_size}", f, avail)
         return 0
 
@@ -872,7 +987,7 @@ cdef class Parser:
         cdef const char* nl
         cdef const char* c
         cdef uint32_t* s
-        cdef Py_ssize_t clen = -1, v
+        cdef Py_ssize_t clen = -1, v, first = -1, first_len = 0
         self._nout = 0
         self._ct_start = -1
         self._ct_len = 0
@@ -899,21 +1014,26 @@ cdef class Parser:
             s[3] = <uint32_t>(ve - vs)
             self._nout += 1
             if _eq(f + pos, colon - pos, "Content-Length", 14):
-                if not _is_digits(f + vs, ve - vs):
-                    self._fail("Content-Length is not a non-negative integer", f + pos, ve - pos)
-                v = _to_int(f + vs, ve - vs, self.max_body_size)
-                if v < 0:
-                    self._fail(f"Content-Length exceeds max_body_size {self.max_body_size}",
-                               f + pos, ve - pos)
-                if clen >= 0 and v != clen:
-                    self._fail("two different Content-Length values", f + pos, ve - pos)
-                clen = v
+                if first < 0:
+                    first = vs
+                    first_len = ve - vs
+                elif not _eq(f + vs, ve - vs, f + first, first_len):
+                    self._fail("two different frame Content-Length values", f + pos, ve - pos)
             elif _eq(f + pos, colon - pos, "Content-Type", 12):
-                self._ct_start = vs
-                self._ct_len = ve - vs
+                # The first Content-Type decides, as for every other reader of the frame.
+                if self._ct_start < 0:
+                    self._ct_start = vs
+                    self._ct_len = ve - vs
             elif _eq(f + pos, colon - pos, "Event-Name", 10):
                 self._has_event_name = True
             pos = le + 1
+        if first >= 0:
+            if not _is_digits(f + first, first_len):
+                self._fail("frame Content-Length is not a decimal number", f, stop)
+            clen = _to_int(f + first, first_len, self.max_body_size)
+            if clen < 0:
+                self._fail(f"frame Content-Length exceeds max_body_size {self.max_body_size}",
+                           f, stop)
         self._clen = clen
         self._classify(f)
         return 0
@@ -968,6 +1088,9 @@ cdef class Parser:
                     return 0
                 self._outer_headers()
             total = self._hdr_len + (self._clen if self._clen > 0 else 0)
+            if total > _LEN_MASK:
+                # Line offsets are 31-bit; only an absurd max_body_size gets here.
+                self._fail("frame larger than 2 GiB", f, self._hdr_len)
             if avail < total:
                 return 0
             out.append(self._message(f, total))
@@ -1013,7 +1136,8 @@ cdef class Parser:
         """Index the inner header block of a plain event (its outer body)."""
         cdef const char* p = PyBytes_AS_STRING(payload)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
-        cdef Py_ssize_t pos = 0, le, ve, colon, vs, cnt = 0, cap = 96, clen = -1, v
+        cdef Py_ssize_t pos = 0, le, ve, colon, vs, cnt = 0, cap = 96, clen = -1
+        cdef Py_ssize_t first = -1, first_len = 0
         cdef const char* nl
         cdef const char* c
         cdef uint32_t* lines
@@ -1046,15 +1170,11 @@ cdef class Parser:
                 vs += 1
             if colon - pos == 14 and memcmp(p + pos, b"Content-Length", 14) == 0:
                 # The inner Content-Length is framing, not a header of the event.
-                if not _is_digits(p + vs, ve - vs):
-                    self._fail("event Content-Length is not a non-negative integer",
-                               p + pos, ve - pos)
-                v = _to_int(p + vs, ve - vs, self.max_body_size)
-                if v < 0:
-                    self._fail("event Content-Length exceeds max_body_size", p + pos, ve - pos)
-                if clen >= 0 and v != clen:
-                    self._fail("two different event Content-Length values", p + pos, ve - pos)
-                clen = v
+                if first < 0:
+                    first = vs
+                    first_len = ve - vs
+                elif not _eq(p + vs, ve - vs, p + first, first_len):
+                    self._fail("two different inner Content-Length values", p + pos, ve - pos)
                 pos = le + 1
                 continue
             if cnt == cap:
@@ -1072,8 +1192,15 @@ cdef class Parser:
             cnt += 1
             pos = le + 1
         ev._nlines = cnt
-        if not ended:
-            self._fail("event header block is truncated", p, n)
+        if not ended or pos == 1 or (pos == 2 and p[0] == 13):
+            self._fail("plain event without a complete inner header block", p, n)
+        if first >= 0:
+            if not _is_digits(p + first, first_len):
+                self._fail("inner Content-Length is not a decimal number", p, n)
+            clen = _to_int(p + first, first_len, self.max_body_size)
+            if clen < 0:
+                self._fail(f"inner Content-Length exceeds max_body_size {self.max_body_size}",
+                           p, n)
         if clen >= 0:
             if n - pos != clen:
                 self._fail(f"event body is {n - pos} bytes, its Content-Length says {clen}",
