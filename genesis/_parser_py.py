@@ -72,6 +72,7 @@ _HEAD_END: Final = re.compile(rb"\n\r?\n")
 # The one line shape of a header block: the name runs to the first colon, one space
 # after it is dropped, and so is a CR before the LF.
 _LINE: Final = re.compile(rb"^([^:\n]*):[ ]?([^\n]*?)\r?$", re.M)
+_EMPTY_BLOCK: Final = re.compile(rb"\r?\n")
 _NO_COLON: Final = re.compile(rb"^[^:\n]*$", re.M)
 # The headers the framer itself needs, found in one scan of the block.
 _FRAMING: Final = re.compile(rb"^(Content-Length|Content-Type|Event-Name):[ ]?([^\n]*?)\r?$", re.M)
@@ -549,11 +550,12 @@ class Parser:
 
 
 def _plain_event(payload: bytes, content_type: str, pos: int, max_body: int) -> ESLEvent:
-    found = _HEAD_END.search(payload)
-    if found is None or found.start() == 0:
+    # An event without headers serializes to a lone empty line.
+    found = _EMPTY_BLOCK.match(payload) or _HEAD_END.search(payload)
+    if found is None:
         raise _Fail("plain event without a complete inner header block", pos, payload)
     block = payload[:found.start()]
-    bad = _NO_COLON.search(block)
+    bad = _NO_COLON.search(block) if block else None
     if bad is not None:
         raise _Fail("event header line without ':'", pos, bad.group())
     length = _length(_INNER_LENGTH.findall(block), max_body, "inner", pos, block)

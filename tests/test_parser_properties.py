@@ -1,0 +1,172 @@
+"""Property tests of both twins: chunking, hostile bytes, bounded memory, round trips."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from genesis.exceptions import ProtocolError
+
+CAPTURES = ("plain.bin", "json.bin", "xml.bin", "outbound_in.bin")
+# Corpus files are megabytes: a few examples each keep the suite fast on two cores.
+BOUNDED = settings(max_examples=25, deadline=None,
+                   suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@functools.cache
+def _capture(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def _summary(messages: list[Any]) -> list[tuple[Any, ...]]:
+    return [(m.kind, m.content_type, dict(m), m.raw_body) for m in messages]
+
+
+@functools.cache
+def _reference(twin_name: str, path: Path) -> list[tuple[Any, ...]]:
+    import importlib
+
+    twin = importlib.import_module(twin_name)
+    return _summary(twin.Parser().feed(_capture(path)))
+
+
+@pytest.mark.parametrize("capture", CAPTURES)
+@BOUNDED
+@given(data=st.data())
+def test_any_chunking_gives_the_same_messages(twin: ModuleType, corpus: Path, capture: str,
+                                              data: st.DataObject) -> None:
+    stream = _capture(corpus / capture)
+    if capture != "outbound_in.bin":
+        stream = stream[:200_000]  # whole frames and a cut one: enough to exercise every path
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=60)))
+    sizes = data.draw(st.sampled_from([1, 7, 1000, 65536]))
+    parser = twin.Parser()
+    got: list[Any] = []
+    start = 0
+    for cut in [*cuts, len(stream)]:
+        piece = stream[start:cut]
+        for at in range(0, len(piece), sizes * 50 if sizes == 1 else sizes):
+            got += parser.feed(piece[at:at + (sizes * 50 if sizes == 1 else sizes)])
+        start = cut
+    whole = twin.Parser()
+    expected = whole.feed(stream)
+    assert _summary(got) == _summary(expected)
+    assert parser.buffered == whole.buffered
+    assert parser.offset == whole.offset
+
+
+@pytest.mark.parametrize("capture", CAPTURES)
+def test_byte_by_byte_small_capture(twin: ModuleType, corpus: Path, capture: str) -> None:
+    stream = _capture(corpus / capture)[:30_000]
+    parser = twin.Parser()
+    got: list[Any] = []
+    for i in range(len(stream)):
+        got += parser.feed(stream[i:i + 1])
+    assert _summary(got) == _summary(twin.Parser().feed(stream))
+
+
+def _feed_all(twin: ModuleType, chunks: list[bytes], max_header: int, max_body: int) -> None:
+    parser = twin.Parser(max_header_size=max_header, max_body_size=max_body)
+    for chunk in chunks:
+        try:
+            parser.feed(chunk)
+        except ProtocolError as error:
+            assert isinstance(error.offset, int) and 0 <= error.offset
+            assert isinstance(error.excerpt, bytes) and len(error.excerpt) <= 64
+            with pytest.raises(ProtocolError):
+                parser.feed(b"Content-Type: command/reply\n\n")
+            return
+        # Memory stays bounded: at most one header block, one body and one chunk.
+        assert parser.buffered <= max_header + max_body + len(chunk) + 64
+
+
+_FRAMEISH = st.lists(st.sampled_from([
+    b"Content-Type: ", b"Content-Length: ", b"text/event-plain", b"text/event-json",
+    b"text/event-xml", b"command/reply", b"api/response", b"\n", b"\r\n", b"\n\n", b":", b" ",
+    b"5", b"12", b"-1", b"%", b"%2", b"%41", b"ARRAY::", b"|:", b"\xff", b"\xc3", b"{", b"}",
+    b'"a":"b"', b"<event>", b"<headers>", b"</headers>", b"</event>", b"<a>b</a>", b"Event-Name",
+]), max_size=80).map(b"".join)
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stream=st.one_of(st.binary(max_size=2000), _FRAMEISH),
+       cuts=st.lists(st.integers(0, 2000), max_size=10))
+def test_random_bytes_give_messages_or_protocol_error(twin: ModuleType, stream: bytes,
+                                                      cuts: list[int]) -> None:
+    bounds = sorted({c for c in cuts if c < len(stream)})
+    chunks = [stream[a:b] for a, b in zip([0, *bounds], [*bounds, len(stream)], strict=True)]
+    _feed_all(twin, chunks, max_header=256, max_body=512)
+
+
+@BOUNDED
+@given(data=st.data())
+def test_mutated_corpus_gives_messages_or_protocol_error(twin: ModuleType, corpus: Path,
+                                                         data: st.DataObject) -> None:
+    name = data.draw(st.sampled_from(CAPTURES))
+    stream = bytearray(_capture(corpus / name)[:60_000])
+    for _ in range(data.draw(st.integers(1, 20))):
+        at = data.draw(st.integers(0, len(stream) - 1))
+        action = data.draw(st.sampled_from(["flip", "delete", "insert"]))
+        if action == "flip":
+            stream[at] = data.draw(st.integers(0, 255))
+        elif action == "delete":
+            del stream[at:at + data.draw(st.integers(1, 50))]
+        else:
+            stream[at:at] = data.draw(st.sampled_from([b"\n", b"\n\n", b":", b"%", b"\xff", b"9"]))
+    chunk = data.draw(st.integers(1, 5000))
+    chunks = [bytes(stream[i:i + chunk]) for i in range(0, len(stream), chunk)]
+    parser = twin.Parser(max_header_size=8192, max_body_size=16384)
+    for piece in chunks:
+        try:
+            for message in parser.feed(piece):
+                dict(message)  # decoding never raises, whatever the bytes
+                _ = message.body
+        except ProtocolError:
+            break
+        assert parser.buffered <= 8192 + 16384 + len(piece) + 64
+
+
+def test_huge_header_block_in_tiny_chunks_stays_bounded(twin: ModuleType) -> None:
+    parser = twin.Parser(max_header_size=4096)
+    with pytest.raises(ProtocolError):
+        for _ in range(10_000):
+            parser.feed(b"X: 0123456789\n"[:5])
+            assert parser.buffered <= 4096 + 5
+
+
+_NAME_CHARS = st.characters(codec="utf-8", exclude_characters=":\r\n<>/&",
+                            exclude_categories=["Zs", "Cc", "Cs", "Zl", "Zp"])
+_NAMES = st.text(_NAME_CHARS, min_size=1, max_size=20).filter(
+    lambda n: n not in ("Content-Length", "_body") and not any(c.isspace() for c in n))
+_VALUE_CHARS = st.characters(codec="utf-8", exclude_categories=["Cs"])
+_VALUES = st.one_of(
+    st.text(_VALUE_CHARS, max_size=30),
+    st.sampled_from(["", "%", "%41", "100%", "a:b", "line1\nline2", "+OK\n", "ü€𝄞", "|", "_undef_"]),
+).filter(lambda v: not v.startswith("ARRAY::"))
+_LIST_ITEMS = _VALUES.filter(lambda v: "|:" not in v)
+_HEADERS = st.lists(st.tuples(_NAMES, st.one_of(_VALUES, st.lists(_LIST_ITEMS, min_size=1,
+                                                                     max_size=4))),
+                    max_size=12, unique_by=lambda pair: pair[0])
+_BODIES = st.one_of(st.none(), st.binary(max_size=200),
+                    st.text(_VALUE_CHARS, max_size=60).map(lambda t: t.encode()))
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(headers=_HEADERS, body=_BODIES, fmt=st.sampled_from(["plain", "json", "xml"]))
+def test_serializer_round_trip(twin: ModuleType, headers: list[tuple[str, Any]],
+                               body: bytes | None, fmt: str) -> None:
+    event = twin.ESLEvent(headers, body=body)
+    wire = twin.serialize_event(event, fmt)
+    (parsed,) = twin.Parser().feed(wire)
+    assert parsed == event
+    assert parsed.raw_body == body
+    assert parsed.content_type == f"text/event-{fmt}"
+    assert list(parsed.keys()) == [name for name, _ in headers]
