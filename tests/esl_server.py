@@ -15,6 +15,7 @@ outbound server and replaying ``outbound_in.bin``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -59,10 +60,16 @@ def event_frame(inner_headers: bytes, body: bytes | None = None) -> bytes:
     return b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(inner) + inner
 
 
+@functools.cache
+def plain_frames() -> list[bytes]:
+    """plain.bin cut into frames (read once per test session)."""
+    return split_frames((CORPUS / "plain.bin").read_bytes())
+
+
+@functools.cache
 def corpus_event(name: str, index: int = 0) -> bytes:
     """The index-th plain.bin event frame whose first Event-Name is ``name``."""
-    found = [f for f in split_frames((CORPUS / "plain.bin").read_bytes())
-             if f"\n\nEvent-Name: {name}\n".encode() in f]
+    found = [f for f in plain_frames() if f"\n\nEvent-Name: {name}\n".encode() in f]
     return found[index]
 
 
