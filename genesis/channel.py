@@ -27,6 +27,7 @@ import asyncio
 import inspect
 import logging
 import re
+import sys
 import time
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Mapping
@@ -80,14 +81,23 @@ def escape_variable(value: object) -> str:
     """Quote a value for an originate ``{name=value,...}`` block.
 
     FreeSWITCH splits the block on commas (``\\,`` keeps one), splits the command on
-    spaces unless single-quoted, and ends the block at the matching brace; so commas and
-    quotes are backslash-escaped, and values with spaces or braces are single-quoted.
-    Line breaks cannot be sent in a command at all and raise ValueError.
+    spaces unless single-quoted, and ends the block at the matching brace whatever the
+    quoting (``switch_find_end_paren`` only counts braces); so commas and quotes are
+    backslash-escaped, values with spaces or braces are single-quoted, and unbalanced
+    braces, which no escape can protect, raise ValueError like line breaks (a command
+    cannot hold one).
     """
     # Python's True/False would reach FreeSWITCH's switch_true() as unknown words.
     text = ("true" if value else "false") if isinstance(value, bool) else str(value)
     if "\n" in text or "\r" in text or "\0" in text:
         raise ValueError(f"originate variable values cannot contain line breaks: {text!r}")
+    depth = 0
+    for char in text:
+        depth += (char == "{") - (char == "}")
+        if depth < 0:
+            break
+    if depth:
+        raise ValueError(f"unbalanced braces in an originate variable value: {text!r}")
     escaped = text.replace("\\", "\\\\").replace(",", "\\,").replace("'", "\\'")
     if not escaped or any(c in escaped for c in " \t{}[]<>"):
         return f"'{escaped}'"
@@ -436,13 +446,26 @@ class Channel:
         operation: Callable[[Span | None], Awaitable[T]],
     ) -> T:
         tracer = tracing.tracer()
-        if tracer is None:
+        meters = instruments()
+        if tracer is None and meters is None:
             return await operation(None)
-        with tracer.start_as_current_span(name) as span:
-            if not span.is_recording():
-                return await operation(None)
-            span.set_attributes(attributes())
-            return await operation(span)
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            if tracer is None:
+                result = await operation(None)
+            else:
+                with tracer.start_as_current_span(name) as span:
+                    if span.is_recording():
+                        span.set_attributes(attributes())
+                        result = await operation(span)
+                    else:
+                        result = await operation(None)
+            outcome = "ok"
+            return result
+        finally:
+            if meters is not None:
+                meters.record(name, outcome, time.monotonic() - started)
 
     async def answer(self) -> ESLEvent:
         """Answer the leg; returns the CHANNEL_EXECUTE_COMPLETE of ``answer``."""
@@ -725,6 +748,55 @@ async def _logged(awaitable: Awaitable[Any], uuid: str) -> None:
         await awaitable
     except Exception:
         logger.exception("DTMF handler of channel %s failed", uuid)
+
+
+class Instruments:
+    """The OpenTelemetry metrics of channel and ring group operations."""
+
+    __slots__ = ("duration", "operations")
+
+    def __init__(self, meter: Any) -> None:
+        self.operations = meter.create_counter(
+            "genesis.operations",
+            unit="{operation}",
+            description="Channel and ring group operations",
+        )
+        self.duration = meter.create_histogram(
+            "genesis.operation.duration", unit="s", description="Duration of those operations"
+        )
+
+    def record(self, operation: str, outcome: str, seconds: float) -> None:
+        attributes = {"operation": operation, "outcome": outcome}
+        self.operations.add(1, attributes)
+        self.duration.record(seconds, attributes)
+
+
+class _MetricsState:
+    provider: object = None
+    instruments: Instruments | None = None
+
+
+def instruments() -> Instruments | None:
+    """The instruments if an SDK meter provider is installed, else None (one dict lookup).
+
+    Like spans, metrics cost nothing unless the application configured the SDK: without
+    ``opentelemetry.sdk.metrics`` imported no provider can be recording.
+    """
+    if "opentelemetry.sdk.metrics" not in sys.modules:
+        return None
+    from opentelemetry import metrics
+
+    provider = metrics.get_meter_provider()
+    if provider is _MetricsState.provider:
+        return _MetricsState.instruments
+    _MetricsState.provider = provider
+    if isinstance(provider, metrics.NoOpMeterProvider) or not hasattr(provider, "shutdown"):
+        _MetricsState.instruments = None  # the API's no-op or proxy provider
+    else:
+        from genesis import __version__
+
+        _MetricsState.instruments = Instruments(provider.get_meter("genesis", __version__))
+    return _MetricsState.instruments
 
 
 def _as_state(target: ChannelState | str) -> ChannelState | None:

@@ -28,12 +28,12 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from genesis import tracing
-from genesis.channel import Channel
+from genesis.channel import Channel, instruments
 from genesis.exceptions import ChannelError, GenesisError
 from genesis.types import ChannelState
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span
+    from opentelemetry.trace import Span, Tracer
 
     from genesis.protocol.base import Protocol as ESLProtocol
 
@@ -329,6 +329,21 @@ class RingGroup:
             raise ValueError(f"timeout must be positive, got {timeout}")
         run = _Ring(protocol, list(group), mode, timeout, variables, balancer)
         tracer = tracing.tracer()
+        meters = instruments()
+        if tracer is None and meters is None:
+            return await run.run(None)
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            winner = await cls._traced(run, tracer)
+            outcome = "answered" if winner is not None else "no_answer"
+            return winner
+        finally:
+            if meters is not None:
+                meters.record("ring_group.ring", outcome, time.monotonic() - started)
+
+    @staticmethod
+    async def _traced(run: _Ring, tracer: Tracer | None) -> Channel | None:
         if tracer is None:
             return await run.run(None)
         with tracer.start_as_current_span("ring_group.ring") as span:
@@ -336,12 +351,12 @@ class RingGroup:
                 return await run.run(None)
             span.set_attributes(
                 {
-                    "ring_group.mode": mode.value,
-                    "ring_group.size": len(group),
-                    "ring_group.timeout": timeout,
-                    "ring_group.has_balancer": balancer is not None,
-                    "ring_group.has_variables": bool(variables),
-                    "ring_group.balanced": mode is RingMode.BALANCING,
+                    "ring_group.mode": run.mode.value,
+                    "ring_group.size": len(run.group),
+                    "ring_group.timeout": run.timeout,
+                    "ring_group.has_balancer": run.balancer is not None,
+                    "ring_group.has_variables": bool(run.variables),
+                    "ring_group.balanced": run.mode is RingMode.BALANCING,
                 }
             )
             return await run.run(span)
