@@ -648,33 +648,34 @@ cdef tuple _parse_json(bytes payload, Py_ssize_t offset):
     cdef object body = None
     try:
         pairs = json.loads(payload.decode("utf-8", "surrogateescape"), object_pairs_hook=_Pairs)
-    except ValueError as exc:
-        raise ProtocolError(f"event JSON does not parse: {exc}", offset, payload[:_EXCERPT])
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"JSON event does not parse: {exc}", offset, payload[:_EXCERPT])
     if type(pairs) is not _Pairs:
         raise ProtocolError("event JSON is not an object", offset, payload[:_EXCERPT])
     for key, value in pairs:
-        if type(value) is str:
-            value = _split_array(value)
-        elif type(value) is list and all(type(v) is str for v in value):
-            value = list(value)
-        else:
+        if not (type(value) is str
+                or (type(value) is list and all(type(v) is str for v in value))):
             raise ProtocolError(
-                f"event JSON value of {key!r} is not a string or string array",
+                f"JSON event header {key!r} is not a string or array of strings",
                 offset, payload[:_EXCERPT])
-        if key == "_body":
-            body = value
-            continue
-        if key == "Content-Length":
-            continue
         old = d.get(key)
         d[key] = value if old is None else _merge(old, value)
+    body = d.pop("_body", None)
     if body is not None and type(body) is not str:
-        raise ProtocolError("event JSON _body is not a string", offset, payload[:_EXCERPT])
+        raise ProtocolError("JSON event _body is not a string", offset, payload[:_EXCERPT])
+    d.pop("Content-Length", None)
+    for key, value in d.items():
+        if type(value) is str:
+            d[key] = _split_array(value)
     return d, body
 
 
+cdef inline bint _is_ws(char c) noexcept nogil:
+    return c == 32 or c == 10 or c == 13 or c == 9 or c == 11 or c == 12
+
+
 cdef inline Py_ssize_t _skip_ws(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    while i < n and (p[i] == 32 or p[i] == 10 or p[i] == 13 or p[i] == 9):
+    while i < n and _is_ws(p[i]):
         i += 1
     return i
 
@@ -684,133 +685,164 @@ cdef inline bint _at(const char* p, Py_ssize_t i, Py_ssize_t n, bytes lit):
     return i + ln <= n and memcmp(p + i, PyBytes_AS_STRING(lit), ln) == 0
 
 
+cdef inline bint _xml_name_char(char c) noexcept nogil:
+    return not (_is_ws(c) or c == 60 or c == 62 or c == 47 or c == 38)
+
+
+cdef Py_ssize_t _char_ref(const char* p, Py_ssize_t n) noexcept nogil:
+    """Code point of ``#123`` or ``#x1F`` (the text between ``&`` and ``;``), or -1."""
+    cdef Py_ssize_t i, v = 0, d
+    if n >= 3 and p[1] == 120 and n - 2 <= 6:
+        for i in range(2, n):
+            d = _hexval(<unsigned char>p[i])
+            if d < 0:
+                return -1
+            v = v * 16 + d
+        return v
+    if n >= 2 and n - 1 <= 7 and _is_digits(p + 1, n - 1):
+        return _to_int(p + 1, n - 1, 1 << 30)
+    return -1
+
+
 cdef bytes _xml_unescape(const char* p, Py_ssize_t n, Py_ssize_t offset, bytes payload):
-    """Replace XML character references; FreeSWITCH escapes the body this way."""
-    cdef Py_ssize_t i = 0, j
+    """Replace XML's five named entities and character references.
+
+    An ``&`` that starts none of them is kept as it is, like any other text.
+    """
+    cdef Py_ssize_t i = 0, j, k, code
     cdef list out
-    cdef bytes ent
+    cdef const char* semi
+    cdef const char* amp
     if memchr(p, 38, n) == NULL:
         return PyBytes_FromStringAndSize(p, n)
     out = []
     while i < n:
-        j = i
-        while j < n and p[j] != 38:
-            j += 1
-        out.append(PyBytes_FromStringAndSize(p + i, j - i))
-        if j >= n:
+        amp = <const char*>memchr(p + i, 38, n - i)
+        if amp == NULL:
+            out.append(PyBytes_FromStringAndSize(p + i, n - i))
             break
+        j = amp - p
+        out.append(PyBytes_FromStringAndSize(p + i, j - i))
+        semi = <const char*>memchr(p + j + 1, 59, n - j - 1) if j + 1 < n else NULL
+        k = (semi - p) if semi != NULL else -1
+        if k > 0 and k - j - 1 <= 8:
+            if _eq(p + j + 1, k - j - 1, "amp", 3):
+                out.append(b"&")
+            elif _eq(p + j + 1, k - j - 1, "lt", 2):
+                out.append(b"<")
+            elif _eq(p + j + 1, k - j - 1, "gt", 2):
+                out.append(b">")
+            elif _eq(p + j + 1, k - j - 1, "quot", 4):
+                out.append(b'"')
+            elif _eq(p + j + 1, k - j - 1, "apos", 4):
+                out.append(b"'")
+            elif p[j + 1] == 35 and (code := _char_ref(p + j + 1, k - j - 1)) >= 0:
+                if code > 0x10FFFF:
+                    raise ProtocolError(
+                        f"XML event does not parse: character reference {code} out of range",
+                        offset, payload[:_EXCERPT])
+                out.append(chr(code).encode("utf-8", "surrogatepass"))
+            else:
+                out.append(b"&")
+                i = j + 1
+                continue
+            i = k + 1
+            continue
+        out.append(b"&")
         i = j + 1
-        while j < n and p[j] != 59:
-            j += 1
-        if j >= n:
-            raise ProtocolError("unterminated XML entity", offset, payload[:_EXCERPT])
-        ent = PyBytes_FromStringAndSize(p + i, j - i)
-        i = j + 1
-        if ent == b"amp":
-            out.append(b"&")
-        elif ent == b"lt":
-            out.append(b"<")
-        elif ent == b"gt":
-            out.append(b">")
-        elif ent == b"quot":
-            out.append(b'"')
-        elif ent == b"apos":
-            out.append(b"'")
-        elif ent.startswith(b"#"):
-            try:
-                code = int(ent[2:], 16) if ent[1:2] in (b"x", b"X") else int(ent[1:], 10)
-                out.append(chr(code).encode("utf-8", "surrogateescape"))
-            except (ValueError, OverflowError, UnicodeEncodeError):
-                raise ProtocolError(f"bad XML character reference &{ent.decode('latin-1')};",
-                                    offset, payload[:_EXCERPT])
-        else:
-            raise ProtocolError(f"unknown XML entity &{ent.decode('latin-1')};",
-                                offset, payload[:_EXCERPT])
     return b"".join(out)
 
 
-cdef tuple _parse_xml(bytes payload, Py_ssize_t offset, Py_ssize_t max_body):
+cdef tuple _parse_xml(bytes payload, Py_ssize_t offset):
     """A ``text/event-xml`` body, by a scanner for the fixed layout FreeSWITCH writes.
 
-    ``<event><headers><Name>value</Name>...</headers>[<Content-Length>n</Content-Length>
-    <body>text</body>]</event>``: values are URL-encoded inside their elements and the
-    body is XML-escaped; FreeSWITCH indents the closing ``</body>``, so the body is the
-    first ``Content-Length`` bytes of the unescaped text.
+    ``<event><headers><Name>value</Name>...</headers>[<Content-Length>n</Content-Length>]
+    [<body>text</body>]</event>``: values are URL-encoded inside their elements and the
+    body is XML-escaped. FreeSWITCH indents the closing ``</body>`` after a body that
+    ends in a newline, so Content-Length says where the real body stops.
     """
     cdef const char* p = PyBytes_AS_STRING(payload)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
-    cdef Py_ssize_t i, ns, nl, vs, j, clen = -1
+    cdef Py_ssize_t i, ns, nl, vs, j, hend, cs = -1, ce = 0, clen
     cdef dict d = {}
     cdef object body = None
     cdef bytes raw
     cdef str name
     i = _skip_ws(p, 0, n)
     if not _at(p, i, n, b"<event>"):
-        raise ProtocolError("event XML does not start with <event>", offset, payload[:_EXCERPT])
+        raise ProtocolError("XML event does not parse", offset, payload[:_EXCERPT])
     i = _skip_ws(p, i + 7, n)
     if not _at(p, i, n, b"<headers>"):
-        raise ProtocolError("event XML has no <headers>", offset, payload[:_EXCERPT])
+        raise ProtocolError("XML event does not parse", offset, payload[:_EXCERPT])
     i += 9
+    hend = payload.find(b"</headers>", i)
+    if hend < 0:
+        raise ProtocolError("XML event does not parse", offset, payload[:_EXCERPT])
     while True:
-        i = _skip_ws(p, i, n)
-        if _at(p, i, n, b"</headers>"):
-            i += 10
+        i = _skip_ws(p, i, hend)
+        if i >= hend:
             break
-        if i >= n or p[i] != 60:
-            raise ProtocolError("event XML headers are malformed", offset, payload[:_EXCERPT])
+        if p[i] != 60:
+            raise ProtocolError("XML event header does not parse", offset, payload[:_EXCERPT])
         ns = i + 1
         j = ns
-        while j < n and p[j] != 62 and p[j] != 60 and p[j] != 47:
+        while j < hend and _xml_name_char(p[j]):
             j += 1
-        if j >= n or p[j] != 62 or j == ns:
-            raise ProtocolError("event XML header element is malformed", offset, payload[:_EXCERPT])
         nl = j - ns
-        vs = j + 1
-        j = vs
-        while j < n and p[j] != 60:
-            j += 1
-        if not (j + 3 + nl <= n and p[j + 1] == 47 and memcmp(p + j + 2, p + ns, nl) == 0
-                and p[j + 2 + nl] == 62):
-            raise ProtocolError("event XML header element is not closed", offset,
-                                payload[:_EXCERPT])
+        if nl == 0 or j >= hend:
+            raise ProtocolError("XML event header does not parse", offset, payload[:_EXCERPT])
+        if p[j] == 62:
+            vs = j + 1
+            j = vs
+            while j < hend and p[j] != 60:
+                j += 1
+            if not (j + 3 + nl <= hend and p[j + 1] == 47
+                    and memcmp(p + j + 2, p + ns, nl) == 0 and p[j + 2 + nl] == 62):
+                raise ProtocolError("XML event header does not parse", offset,
+                                    payload[:_EXCERPT])
+            raw = _xml_unescape(p + vs, j - vs, offset, payload)
+            i = j + 3 + nl
+        else:
+            j = _skip_ws(p, j, hend)
+            if not (j + 2 <= hend and p[j] == 47 and p[j + 1] == 62):
+                raise ProtocolError("XML event header does not parse", offset,
+                                    payload[:_EXCERPT])
+            raw = b""
+            i = j + 2
         name = _name_str(p + ns, nl)
-        raw = _xml_unescape(p + vs, j - vs, offset, payload)
         value = _split_array(_url_decode(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw)))
         old = d.get(name)
         d[name] = value if old is None else _merge(old, value)
-        i = j + 3 + nl
-    i = _skip_ws(p, i, n)
+    i = _skip_ws(p, hend + 10, n)
     if _at(p, i, n, b"<Content-Length>"):
-        i += 16
-        j = i
-        while j < n and p[j] != 60:
-            j += 1
-        if not _is_digits(p + i, j - i) or not _at(p, j, n, b"</Content-Length>"):
-            raise ProtocolError("event XML Content-Length is malformed", offset, payload[:_EXCERPT])
-        clen = _to_int(p + i, j - i, max_body)
-        if clen < 0:
-            raise ProtocolError("event XML Content-Length exceeds max_body_size", offset,
-                                payload[:_EXCERPT])
-        i = _skip_ws(p, j + 17, n)
+        cs = i + 16
+        ce = cs
+        while ce < n and p[ce] != 60:
+            ce += 1
+        if not _at(p, ce, n, b"</Content-Length>"):
+            raise ProtocolError("XML event does not parse", offset, payload[:_EXCERPT])
+        i = _skip_ws(p, ce + 17, n)
     if _at(p, i, n, b"<body>"):
         i += 6
         j = i
-        while j < n and not _at(p, j, n, b"</body>"):
+        while j < n and p[j] != 60:
             j += 1
-        if j >= n:
-            raise ProtocolError("event XML body is not closed", offset, payload[:_EXCERPT])
+        if not _at(p, j, n, b"</body>"):
+            raise ProtocolError("XML event does not parse", offset, payload[:_EXCERPT])
         raw = _xml_unescape(p + i, j - i, offset, payload)
-        if clen >= 0:
-            if PyBytes_GET_SIZE(raw) < clen or raw[clen:].strip(b" \t\r\n"):
-                raise ProtocolError("event XML body does not match its Content-Length", offset,
-                                    payload[:_EXCERPT])
+        if cs >= 0:
+            if not _is_digits(p + cs, ce - cs):
+                raise ProtocolError("XML event Content-Length is not a decimal number",
+                                    offset, payload[:_EXCERPT])
+            clen = _to_int(p + cs, ce - cs, PyBytes_GET_SIZE(raw) + 1)
+            if clen < 0 or PyBytes_GET_SIZE(raw) < clen or raw[clen:].strip(b" \t"):
+                raise ProtocolError("XML event body does not match its Content-Length",
+                                    offset, raw[:_EXCERPT])
             raw = raw[:clen]
         body = raw
         i = _skip_ws(p, j + 7, n)
-    elif clen >= 0:
-        raise ProtocolError("event XML has a Content-Length but no body", offset, payload[:_EXCERPT])
     if not _at(p, i, n, b"</event>") or _skip_ws(p, i + 8, n) != n:
-        raise ProtocolError("event XML does not end with </event>", offset, payload[:_EXCERPT])
+        raise ProtocolError("XML event does not parse", offset, payload[:_EXCERPT])
     return d, body
 
 
@@ -1115,7 +1147,7 @@ cdef class Parser:
             if self._fmt == _F_JSON:
                 d, body = _parse_json(payload, self._offset)
             else:
-                d, body = _parse_xml(payload, self._offset, self.max_body_size)
+                d, body = _parse_xml(payload, self._offset)
             ev._dict = d
             ev._set_body(body)
             return ev
@@ -1231,41 +1263,46 @@ def snake_case(str name):
 
 
 cdef class HeaderFlattener:
-    """Turns an event into span attributes, bounded by OpenTelemetry's attribute limit."""
+    """Turns an event into span attributes, bounded by OpenTelemetry's attribute limit.
+
+    Building ~80 attributes per event costs more than parsing it, so the flattener
+    can be limited to an allowlist (matched on the snake_case spelling) and, with
+    one, reads only the allowlisted headers of a lazy event.
+    """
 
     cdef object _allow
-    cdef Py_ssize_t _max
-    cdef dict _keys
+    cdef public Py_ssize_t max_attributes
 
     def __init__(self, allowlist=None, Py_ssize_t max_attributes=128):
-        self._allow = frozenset(allowlist) if allowlist is not None else None
-        self._max = max_attributes
-        self._keys = {}
+        self._allow = (None if allowlist is None
+                       else frozenset([snake_case(name) for name in allowlist]))
+        self.max_attributes = max_attributes
 
-    def flatten(self, event):
+    def flatten(self, ESLEvent event):
+        """``event.name``, ``event.uuid``, then ``event.header.<snake_case>`` in wire order."""
         cdef dict attrs = {}
-        cdef Py_ssize_t limit = self._max
+        cdef Py_ssize_t limit = self.max_attributes
         if limit <= 0:
             return attrs
-        name = event.name if isinstance(event, ESLEvent) else event.get("Event-Name")
+        name = event.name
         if name is not None:
             attrs["event.name"] = name
         uuid = event.get("Unique-ID")
         if uuid is not None and len(attrs) < limit:
             attrs["event.uuid"] = uuid
-        for key, value in event.items():
+        allow = self._allow
+        names = event._wire_names() if allow is not None else list(event.keys())
+        for header in names:
             if len(attrs) >= limit:
                 break
-            if key == "Unique-ID":
+            if header == "Unique-ID":
                 continue
-            if self._allow is not None and key not in self._allow:
+            key = snake_case(header)
+            if allow is not None and key not in allow:
                 continue
-            attr = self._keys.get(key)
-            if attr is None:
-                attr = "event.header." + snake_case(key)
-                if len(self._keys) < 4096:
-                    self._keys[key] = attr
-            attrs[attr] = value
+            value = event.get(header)
+            if value is not None:
+                attrs["event.header." + key] = value
         return attrs
 
 
@@ -1302,38 +1339,40 @@ def encode_value(str value):
     return w[:o].decode("ascii")
 
 
-cdef str _plain_value(object value):
-    if type(value) is list or type(value) is tuple:
-        value = _ARRAY_PREFIX + _ARRAY_SEP.join(value)
-    return encode_value(value)
+cdef void _check_name(str name, str fmt) except *:
+    if name == "Content-Length" or name == "_body":
+        raise ValueError(f"{name!r} is framing, not an event header")
+    if fmt == "plain":
+        if not name or ":" in name or "\n" in name or "\r" in name:
+            raise ValueError(f"header name {name!r} cannot be written as a plain header line")
+    elif fmt == "xml":
+        if not name or any(ch in "<>/&" or ch.isspace() for ch in name):
+            raise ValueError(f"header name {name!r} cannot be written as an XML element name")
+
+
+cdef str _array_value(str name, object value, str fmt):
+    """The single string a value is written as: lists become ``ARRAY::a|:b``."""
+    if type(value) is str:
+        if (<str>value).startswith(_ARRAY_PREFIX):
+            raise ValueError(f"header {name!r}: a str value starting with 'ARRAY::' "
+                             "would read back as a list")
+        return value
+    if not value:
+        raise ValueError(f"header {name!r}: an empty list cannot be written in {fmt} form")
+    if any(_ARRAY_SEP in item for item in value):
+        raise ValueError(f"header {name!r}: list items containing '|:' cannot be written "
+                         f"in {fmt} form")
+    return _ARRAY_PREFIX + _ARRAY_SEP.join(value)
 
 
 cdef str _json_string(str s):
     """cJSON's escaping: quotes, backslash, controls; everything else raw."""
-    cdef list parts = ['"']
-    for ch in s:
-        o = ord(ch)
-        if ch == '"':
-            parts.append('\\"')
-        elif ch == "\\":
-            parts.append("\\\\")
-        elif o < 32:
-            if ch == "\n":
-                parts.append("\\n")
-            elif ch == "\r":
-                parts.append("\\r")
-            elif ch == "\t":
-                parts.append("\\t")
-            elif ch == "\b":
-                parts.append("\\b")
-            elif ch == "\f":
-                parts.append("\\f")
-            else:
-                parts.append(f"\\u{o:04x}")
-        else:
-            parts.append(ch)
-    parts.append('"')
-    return "".join(parts)
+    return '"' + s.translate(_JSON_ESCAPES) + '"'
+
+
+_JSON_ESCAPES = {i: f"\\u{i:04x}" for i in range(32)}
+_JSON_ESCAPES.update({34: '\\"', 92: "\\\\", 8: "\\b", 12: "\\f", 10: "\\n", 13: "\\r",
+                      9: "\\t"})
 
 
 cdef str _xml_escape(str s):
@@ -1341,50 +1380,64 @@ cdef str _xml_escape(str s):
 
 
 def serialize_event(event, str fmt="plain", body=None):
-    """The complete frame FreeSWITCH would write for ``event`` in ``fmt``."""
+    """The complete frame FreeSWITCH would write for ``event`` in ``fmt``.
+
+    Raises ValueError for a header the format cannot carry so that it would
+    read back differently (a ``str`` starting with ``ARRAY::``, a name with ``:``).
+    """
     cdef list parts
-    cdef bytes payload, raw_body
-    if body is None and isinstance(event, ESLEvent):
-        raw_body = event.raw_body
-    elif body is None:
-        raw_body = None
+    cdef bytes payload
+    cdef object raw_body
+    if fmt != "plain" and fmt != "json" and fmt != "xml":
+        raise ValueError(f"unknown event format {fmt!r}: expected plain, json or xml")
+    if body is None:
+        raw_body = event.raw_body if isinstance(event, ESLEvent) else None
     elif isinstance(body, str):
-        raw_body = body.encode("utf-8", "surrogateescape")
+        raw_body = (<str>body).encode("utf-8", "surrogateescape")
+    elif isinstance(body, bytes):
+        raw_body = body
     else:
-        raw_body = bytes(body)
+        raise TypeError(f"body must be str, bytes or None, not {type(body).__name__}")
     if fmt == "plain":
-        parts = [f"{k}: {_plain_value(v)}\n" for k, v in event.items()]
-        head = "".join(parts).encode("utf-8", "surrogateescape")
-        if raw_body:
-            payload = head + f"Content-Length: {len(raw_body)}\n\n".encode() + raw_body
+        parts = []
+        for k, v in event.items():
+            _check_name(k, fmt)
+            parts.append(f"{k}: {encode_value(_array_value(k, v, fmt))}\n")
+        payload = "".join(parts).encode("utf-8", "surrogateescape")
+        if raw_body is None:
+            payload += b"\n"
         else:
-            payload = head + b"\n"
+            payload += b"Content-Length: %d\n\n" % len(raw_body) + raw_body
     elif fmt == "json":
         parts = []
         for k, v in event.items():
-            if type(v) is list or type(v) is tuple:
-                enc = "[" + ",".join(_json_string(x) for x in v) + "]"
+            _check_name(k, fmt)
+            if type(v) is str:
+                enc = _json_string(_array_value(k, v, fmt))
             else:
-                enc = _json_string(v)
+                enc = "[" + ",".join([_json_string(x) for x in v]) + "]"
             parts.append(_json_string(k) + ":" + enc)
-        if raw_body:
-            parts.append(f'"Content-Length":"{len(raw_body)}"')
-            parts.append('"_body":' + _json_string(raw_body.decode("utf-8", "surrogateescape")))
+        if raw_body is not None:
+            parts.append(f'"Content-Length":"{len(raw_body)}","_body":'
+                         + _json_string(raw_body.decode("utf-8", "surrogateescape")))
         payload = ("{" + ",".join(parts) + "}").encode("utf-8", "surrogateescape")
-    elif fmt == "xml":
-        parts = ["<event>\n  <headers>\n"]
-        for k, v in event.items():
-            values = v if (type(v) is list or type(v) is tuple) else (v,)
-            for item in values:
-                parts.append(f"    <{k}>{encode_value(item)}</{k}>\n")
-        parts.append("  </headers>\n")
-        if raw_body:
-            parts.append(f"  <Content-Length>{len(raw_body)}</Content-Length>\n  <body>")
-            parts.append(_xml_escape(raw_body.decode("utf-8", "surrogateescape")))
-            parts.append("  </body>\n")
-        parts.append("</event>\n")
-        payload = "".join(parts).encode("utf-8", "surrogateescape")
     else:
-        raise ValueError(f"unknown event format {fmt!r} (plain, json or xml)")
-    return (f"Content-Length: {len(payload)}\nContent-Type: text/event-{fmt}\n\n".encode()
-            + payload)
+        parts = ["<event>\n  <headers>"]
+        for k, v in event.items():
+            _check_name(k, fmt)
+            # FreeSWITCH repeats the element of a multi-valued header; a one-item
+            # list would then read back as a str, so it keeps the ARRAY:: form.
+            items = v if type(v) is list and len(v) > 1 else [_array_value(k, v, fmt)]
+            for item in items:
+                parts.append(f"\n    <{k}>{encode_value(item)}</{k}>")
+        parts.append("\n  </headers>")
+        if raw_body is not None:
+            text = _xml_escape(raw_body.decode("utf-8", "surrogateescape"))
+            parts.append(f"\n  <Content-Length>{len(raw_body)}</Content-Length>")
+            # FreeSWITCH's XML writer indents a closing tag that follows a newline.
+            parts.append(f"\n  <body>{text}{'  ' if text.endswith(chr(10)) else ''}</body>")
+        # FreeSWITCH ends the document with a newline (see xml.bin).
+        parts.append("\n</event>\n")
+        payload = "".join(parts).encode("utf-8", "surrogateescape")
+    return b"Content-Length: %d\nContent-Type: text/event-%s\n\n" % (
+        len(payload), fmt.encode()) + payload
