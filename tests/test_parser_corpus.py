@@ -219,7 +219,8 @@ def test_three_formats_agree(twin: ModuleType, corpus: Path) -> None:
         jobs = sorted(e["Job-Command"] for e in events[fmt] if e.name == "BACKGROUND_JOB")
         assert jobs == ["originate"] * 20
         arg = next(e for e in events[fmt] if e.name == "BACKGROUND_JOB")["Job-Command-Arg"]
-        assert arg.startswith("{origination_uuid=") and arg.endswith("loopback/park/default &park()")
+        assert arg.startswith("{origination_uuid=")
+        assert arg.endswith("loopback/park/default &park()")
 
 
 @pytest.mark.parametrize("fmt", CAPTURES)

@@ -77,7 +77,7 @@ def _feed_all(twin: ModuleType, chunks: list[bytes], max_header: int, max_body: 
         try:
             parser.feed(chunk)
         except ProtocolError as error:
-            assert isinstance(error.offset, int) and 0 <= error.offset
+            assert isinstance(error.offset, int) and error.offset >= 0
             assert isinstance(error.excerpt, bytes) and len(error.excerpt) <= 64
             with pytest.raises(ProtocolError):
                 parser.feed(b"Content-Type: command/reply\n\n")
@@ -148,7 +148,8 @@ _NAMES = st.text(_NAME_CHARS, min_size=1, max_size=20).filter(
 _VALUE_CHARS = st.characters(codec="utf-8", exclude_categories=["Cs"])
 _VALUES = st.one_of(
     st.text(_VALUE_CHARS, max_size=30),
-    st.sampled_from(["", "%", "%41", "100%", "a:b", "line1\nline2", "+OK\n", "ü€𝄞", "|", "_undef_"]),
+    st.sampled_from(["", "%", "%41", "100%", "a:b", "line1\nline2", "+OK\n", "ü€𝄞", "|",
+                     "_undef_"]),
 ).filter(lambda v: not v.startswith("ARRAY::"))
 _LIST_ITEMS = _VALUES.filter(lambda v: "|:" not in v)
 _HEADERS = st.lists(st.tuples(_NAMES, st.one_of(_VALUES, st.lists(_LIST_ITEMS, min_size=1,
