@@ -1,0 +1,169 @@
+"""Spans over real TCP: names, attributes, laziness, ratio, allowlist, no password anywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+from genesis import tracing
+from genesis.inbound import Inbound
+from genesis.outbound import Outbound, Session
+from tests.esl_server import ESLServer, FakeCall, plain_frames
+
+PASSWORD = "S3cret-Pa55"
+
+
+def events_block() -> bytes:
+    return b"".join(f for f in plain_frames() if b"text/event-plain" in f.split(b"\n\n")[0])
+
+
+@pytest.fixture
+def exporter(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
+    exp = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exp))
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    tracing.configure(event_span_ratio=1.0, event_span_headers=())
+    yield exp
+    tracing.configure(from_environment=True)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[ESLServer]:
+    srv = ESLServer(password=PASSWORD)
+    await srv.start()
+    yield srv
+    await srv.stop()
+
+
+def dump(exp: InMemorySpanExporter) -> str:
+    return json.dumps([json.loads(s.to_json()) for s in exp.get_finished_spans()])
+
+
+async def test_connect_command_and_event_spans(
+    exporter: InMemorySpanExporter, server: ESLServer
+) -> None:
+    seen: list[str] = []
+    async with Inbound("127.0.0.1", server.port, PASSWORD, timeout=2) as client:
+        client.on("*", lambda ev: seen.append(ev.name or ""))
+        assert await client.api("echo traced", timeout=2) == "traced"
+        await client.subscribe("ALL")
+        server.broadcast(events_block())
+        await server.wait_for(lambda: len(seen) == 1347)
+    spans = exporter.get_finished_spans()
+    by_name: dict[str, list[Any]] = {}
+    for span in spans:
+        by_name.setdefault(span.name, []).append(span)
+    connect = by_name["inbound_connect"][0]
+    assert connect.attributes["net.peer.name"] == "127.0.0.1"
+    assert connect.attributes["net.peer.port"] == server.port
+    commands = {s.attributes["command.name"]: s.attributes for s in by_name["send_command"]}
+    assert commands["auth"]["command.reply"] == "+OK accepted"
+    assert commands["api"]["command.reply"] == "traced"
+    assert commands["event"]["command.reply"] == "+OK event listener enabled plain"
+    # auth runs inside inbound_connect
+    auth_span = next(s for s in by_name["send_command"] if s.attributes["command.name"] == "auth")
+    assert auth_span.parent is not None and auth_span.parent.span_id == connect.context.span_id
+    events = by_name["process_event"]
+    assert len(events) == 1347
+    dtmf = next(s for s in events if s.attributes["event.name"] == "DTMF")
+    assert dtmf.attributes["event.header.dtmf_digit"] in "1234#"
+    assert "event.uuid" in dtmf.attributes
+    assert all(len(s.attributes) <= 128 for s in events)
+    assert PASSWORD not in dump(exporter)
+
+
+async def test_allowlist_and_ratio(exporter: InMemorySpanExporter, server: ESLServer) -> None:
+    tracing.configure(event_span_ratio=0.01, event_span_headers=["Channel-State", "DTMF-Digit"])
+    seen: list[str] = []
+    async with Inbound("127.0.0.1", server.port, PASSWORD, timeout=2) as client:
+        client.on("*", lambda ev: seen.append(ev.name or ""))
+        await client.subscribe("ALL")
+        server.broadcast(events_block())
+        await server.wait_for(lambda: len(seen) == 1347)
+    events = [s for s in exporter.get_finished_spans() if s.name == "process_event"]
+    assert len(events) == 13  # exactly 1% of 1347, evenly spaced
+    for span in events:
+        headers = {k for k in span.attributes if k.startswith("event.header.")}
+        assert headers <= {"event.header.channel_state", "event.header.dtmf_digit"}
+
+
+async def test_ratio_zero_and_environment(
+    exporter: InMemorySpanExporter, server: ESLServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GENESIS_EVENT_SPAN_RATIO", "0")
+    monkeypatch.setenv("GENESIS_EVENT_SPAN_HEADERS", "Unique-ID, Channel-State")
+    tracing.configure(from_environment=True)
+    assert tracing.event_span_ratio() == 0.0
+    assert tracing.event_spans() is None
+    monkeypatch.setenv("GENESIS_EVENT_SPAN_RATIO", "0.5")
+    tracing.configure(from_environment=True)
+    spans = tracing.event_spans()
+    assert spans is not None
+    assert [spans.take() for _ in range(4)].count(True) == 2
+
+
+async def test_unsampled_spans_build_no_attributes(
+    monkeypatch: pytest.MonkeyPatch, server: ESLServer
+) -> None:
+    exp = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exp))
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    tracing.configure(event_span_ratio=1.0)
+    flattened: list[object] = []
+
+    class Spy:
+        def flatten(self, event: object) -> dict[str, str]:
+            flattened.append(event)
+            return {}
+
+    monkeypatch.setattr(tracing._State, "flattener", Spy())
+    seen: list[str] = []
+    try:
+        async with Inbound("127.0.0.1", server.port, PASSWORD, timeout=2) as client:
+            client.on("*", lambda ev: seen.append(ev.name or ""))
+            await client.subscribe("ALL")
+            server.broadcast(events_block())
+            await server.wait_for(lambda: len(seen) == 1347)
+    finally:
+        tracing.configure(from_environment=True)
+    assert flattened == []
+    assert exp.get_finished_spans() == ()
+
+
+def test_no_sdk_provider_means_no_tracer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: trace.ProxyTracerProvider())
+    assert tracing.tracer() is None
+    assert tracing.event_spans() is None
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: trace.NoOpTracerProvider())
+    assert tracing.event_spans() is None
+
+
+async def test_outbound_span_has_real_peer(exporter: InMemorySpanExporter) -> None:
+    async def handler(session: Session) -> None:
+        await session.sendmsg("execute", "answer", block=True, timeout=2)
+
+    server = Outbound(handler, "127.0.0.1", 0)
+    await server.start(block=False)
+    port = server.addresses[0][1]
+    loop = asyncio.get_running_loop()
+    transport, fake = await loop.create_connection(FakeCall, "127.0.0.1", port)
+    local_port = transport.get_extra_info("sockname")[1]
+    await asyncio.wait_for(fake.closed, 5)
+    await server.stop()
+    span = next(s for s in exporter.get_finished_spans() if s.name == "outbound_handle_connection")
+    assert span.attributes["net.peer.name"] == "127.0.0.1"
+    assert span.attributes["net.peer.port"] == local_port
+    names = [s.attributes.get("command.name") for s in exporter.get_finished_spans()
+             if s.name == "send_command"]
+    assert names[:4] == ["connect", "filter", "event", "linger"] and "sendmsg" in names
