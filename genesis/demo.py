@@ -272,16 +272,19 @@ async def main_async(args: argparse.Namespace) -> Stats:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="genesis demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=300, help="dialer calls (default 300)")
-    parser.add_argument("--ivr-calls", type=int, default=40, help="inbound IVR calls (default 40)")
-    parser.add_argument("--cps", type=float, default=40.0, help="dialer calls per second cap")
+    parser.add_argument("--calls", type=int, help="dialer calls (default 300, short 60)")
+    parser.add_argument("--ivr-calls", type=int, help="inbound IVR calls (default 40, short 12)")
+    parser.add_argument("--cps", type=float, help="dialer calls per second cap (default 40)")
     parser.add_argument("--concurrency", type=int, default=100, help="dialer concurrent calls cap")
-    parser.add_argument("--playback", type=float, default=0.3, help="seconds every prompt lasts")
+    parser.add_argument("--playback", type=float, help="seconds every prompt lasts (default 0.3)")
     parser.add_argument("--seed", type=int, default=7, help="random seed of the call mix")
     parser.add_argument("--short", action="store_true", help="a quick run (CI): 60 + 12 calls")
     args = parser.parse_args(argv)
-    if args.short:
-        args.calls, args.ivr_calls, args.cps, args.playback = 60, 12, 60.0, 0.1
+    # --short changes the defaults only: explicit values still win.
+    defaults = (60, 12, 60.0, 0.1) if args.short else (300, 40, 40.0, 0.3)
+    for name, default in zip(("calls", "ivr_calls", "cps", "playback"), defaults):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     return args
 
 

@@ -99,6 +99,16 @@ class Inbound(Protocol):
         state = "connected" if self.is_connected else "not connected"
         return f"<Inbound {self.host}:{self.port} {state}>"
 
+    @property
+    def password(self) -> str:
+        """The ``auth`` password; kept out of repr, logs and spans."""
+        return self._password
+
+    @password.setter
+    def password(self, value: str) -> None:
+        commands.check_line(value, "password")
+        self._password = value
+
     async def __aenter__(self) -> Inbound:
         await self.start()
         return self
