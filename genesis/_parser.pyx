@@ -147,9 +147,11 @@ cdef str _name_str(const char* p, Py_ssize_t n):
                 return text
             if ulen != n:
                 return text
+            # InternInPlace consumes the reference it is given and may hand back an
+            # equal, already interned str: the one it returns is the cache's own.
+            Py_INCREF(text)
             obj = <PyObject*>text
             PyUnicode_InternInPlace(&obj)
-            Py_INCREF(<object>obj)
             e.hash = h
             e.length = n
             e.text = obj
@@ -427,6 +429,7 @@ cdef class ESLEvent:
         cdef Py_ssize_t i
         cdef str name
         cdef PyObject* old
+        cdef Py_ssize_t size
         if self._dict is not None:
             return <dict>self._dict
         d = _PyDict_NewPresized(self._nlines)
@@ -436,8 +439,11 @@ cdef class ESLEvent:
                 s = self._lines + i * _SLOT
                 name = _name_str(base + s[0], s[1])
                 value = self._value_at(i)
+                # Values are shared between lines (the value cache), so whether the
+                # name was new is told by the dict's size, not by identity.
+                size = len(d)
                 old = PyDict_SetDefault(d, name, value)
-                if old != <PyObject*>value:
+                if len(d) == size:
                     PyDict_SetItem(d, name, _merge(<object>old, value))
         self._dict = d
         self._decoded = len(d)
@@ -520,9 +526,25 @@ cdef class ESLEvent:
         return self._lookup(key, default)
 
     def __contains__(self, key):
+        cdef const char* k
+        cdef Py_ssize_t kl, i
+        cdef const char* base
+        cdef uint32_t* s
         if self._dict is not None:
             return key in <dict>self._dict
-        return self._lookup(key, _MISSING) is not _MISSING
+        if not isinstance(key, str):
+            return False
+        try:
+            k = PyUnicode_AsUTF8AndSize(key, &kl)
+        except UnicodeEncodeError:
+            return key in self._materialize()
+        # Presence needs no value: nothing is decoded.
+        base = PyBytes_AS_STRING(self._raw)
+        for i in range(self._nlines):
+            s = self._lines + i * _SLOT
+            if s[1] == kl and memcmp(base + s[0], k, kl) == 0:
+                return True
+        return False
 
     def __setitem__(self, key, value):
         _check_value(value)
@@ -994,8 +1016,7 @@ cdef class Parser:
             i = q
         if self._hdr_len:
             if self._hdr_len > self.max_header_size:
-                self._fail(f"header block of {self._hdr_len} bytes exceeds max_header_size "
-                           f"{self.max_header_size}", f, avail)
+                self._fail(f"header block exceeds max_header_size {self.max_header_size}", f, avail)
             return 1
         if avail > self.max_header_size:
             self._fail(f"header block exceeds max_header_size {self.max_header_size}", f, avail)
@@ -1032,7 +1053,7 @@ cdef class Parser:
                 break
             c = <const char*>memchr(f + pos, 58, ve - pos)
             if c == NULL:
-                self._fail("header line has no ':'", f + pos, ve - pos)
+                self._fail("header line without ':'", f + pos, ve - pos)
             colon = c - f
             vs = colon + 1
             if vs < ve and f[vs] == 32:
@@ -1061,11 +1082,11 @@ cdef class Parser:
             pos = le + 1
         if first >= 0:
             if not _is_digits(f + first, first_len):
-                self._fail("frame Content-Length is not a decimal number", f, stop)
+                self._fail("frame Content-Length is not a decimal number", f, pos - 1)
             clen = _to_int(f + first, first_len, self.max_body_size)
             if clen < 0:
                 self._fail(f"frame Content-Length exceeds max_body_size {self.max_body_size}",
-                           f, stop)
+                           f, pos - 1)
         self._clen = clen
         self._classify(f)
         return 0
@@ -1149,6 +1170,7 @@ cdef class Parser:
             else:
                 d, body = _parse_xml(payload, self._offset)
             ev._dict = d
+            ev._decoded = len(d)
             ev._set_body(body)
             return ev
         # Any other frame: its own headers are the message, its body the payload.
@@ -1195,7 +1217,7 @@ cdef class Parser:
                 break
             c = <const char*>memchr(p + pos, 58, ve - pos)
             if c == NULL:
-                self._fail("event header line has no ':'", p + pos, ve - pos)
+                self._fail("event header line without ':'", p + pos, ve - pos)
             colon = c - p
             vs = colon + 1
             if vs < ve and p[vs] == 32:
@@ -1224,7 +1246,7 @@ cdef class Parser:
             cnt += 1
             pos = le + 1
         ev._nlines = cnt
-        if not ended or pos == 1 or (pos == 2 and p[0] == 13):
+        if not ended:
             self._fail("plain event without a complete inner header block", p, n)
         if first >= 0:
             if not _is_digits(p + first, first_len):
@@ -1235,12 +1257,14 @@ cdef class Parser:
                            p, n)
         if clen >= 0:
             if n - pos != clen:
-                self._fail(f"event body is {n - pos} bytes, its Content-Length says {clen}",
-                           p, n)
+                self._fail(f"plain event body "
+                           f"{'truncated' if n - pos < clen else 'followed by stray bytes'}: "
+                           f"inner Content-Length {clen}, {n - pos} bytes", p + pos, n - pos)
             ev._body_start = pos
             ev._body_len = clen
         elif pos != n:
-            self._fail("bytes after an event header block without Content-Length", p, n)
+            self._fail("plain event has bytes after its headers but no inner Content-Length",
+                       p + pos, n - pos)
         return 0
 
 
