@@ -1,0 +1,17 @@
+"""Fixtures for the benches: the real-traffic corpus, read from ../shared beside the repo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "freeswitch-1.10.12"
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    """Directory of the real FreeSWITCH 1.10.12 captures (read-only, never copied)."""
+    if not CORPUS.is_dir():
+        pytest.fail(f"corpus not found at {CORPUS}: the repository expects ../shared beside it")
+    return CORPUS

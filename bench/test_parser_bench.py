@@ -1,0 +1,125 @@
+"""Parse-only throughput of both parser twins on the real captures.
+
+Each file is fed in 64 KiB chunks, as a socket would deliver it, and every message
+is handled in one of two ways: ``route`` reads what an engine needs to dispatch an
+event (its routing name and Unique-ID), ``materialize`` builds ``dict(event)``.
+The ``naive`` case is the baseline the targets are stated against: split lines and
+``urllib.parse.unquote`` every name and value into a dict, the way the 2026.10.18
+release parsed. Benches of one file share a group so the ratios read side by side.
+
+Run: ``.venv/bin/python -m pytest bench/test_parser_bench.py --benchmark-only``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+
+CHUNK = 64 * 1024
+FILES = ["plain", "json", "xml"]
+EVENTS = {"plain": 1347, "json": 1345, "xml": 1348}
+
+
+def _twin(name: str) -> ModuleType:
+    if name == "python":
+        return importlib.import_module("genesis._parser_py")
+    if os.environ.get("GENESIS_NO_EXTENSIONS") == "1":
+        pytest.skip("GENESIS_NO_EXTENSIONS=1: the compiled twin is disabled on purpose")
+    return importlib.import_module("genesis._parser")
+
+
+def _chunks(data: bytes) -> list[bytes]:
+    return [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)]
+
+
+def _route(twin: ModuleType, chunks: list[bytes]) -> int:
+    parser = twin.Parser()
+    events = 0
+    for chunk in chunks:
+        for message in parser.feed(chunk):
+            if message.name is not None and message.get("Unique-ID") is not None:
+                events += 1
+    return events
+
+
+def _materialize(twin: ModuleType, chunks: list[bytes]) -> int:
+    parser = twin.Parser()
+    headers = 0
+    for chunk in chunks:
+        for message in parser.feed(chunk):
+            headers += len(dict(message))
+    return headers
+
+
+def _naive_block(block: bytes) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
+    for line in block.decode("utf-8", "surrogateescape").split("\n"):
+        if not line:
+            continue
+        name, _, value = line.partition(": ")
+        headers[unquote(name)] = unquote(value)
+    return headers
+
+
+def _naive(chunks: list[bytes]) -> int:
+    """Baseline: line splitting and ``unquote`` of every name and value, in Python."""
+    buf = b""
+    frames = 0
+    for chunk in chunks:
+        buf += chunk
+        while True:
+            end = buf.find(b"\n\n")
+            if end < 0:
+                break
+            head = _naive_block(buf[:end])
+            length = int(head.get("Content-Length", 0))
+            stop = end + 2 + length
+            if len(buf) < stop:
+                break
+            body = buf[end + 2:stop]
+            buf = buf[stop:]
+            if head.get("Content-Type") == "text/event-plain":
+                inner, _, _ = body.partition(b"\n\n")
+                _naive_block(inner)
+            frames += 1
+    return frames
+
+
+def _record(benchmark: Any, size: int, events: int) -> None:
+    mean = benchmark.stats.stats.mean
+    benchmark.extra_info["events_per_s"] = round(events / mean)
+    benchmark.extra_info["MB_per_s"] = round(size / mean / 1e6, 1)
+    benchmark.extra_info["us_per_event"] = round(mean / events * 1e6, 3)
+
+
+@pytest.mark.parametrize("fmt", FILES)
+@pytest.mark.parametrize("mode", ["route", "materialize"])
+@pytest.mark.parametrize("impl", ["compiled", "python"])
+def test_parse(benchmark: Any, corpus: Path, fmt: str, mode: str, impl: str) -> None:
+    twin = _twin(impl)
+    data = (corpus / f"{fmt}.bin").read_bytes()
+    chunks = _chunks(data)
+    run: Callable[[ModuleType, list[bytes]], int] = _route if mode == "route" else _materialize
+    benchmark.group = fmt
+    result = benchmark.pedantic(run, args=(twin, chunks), rounds=5 if impl == "python" else 15,
+                                warmup_rounds=1)
+    if mode == "route":
+        assert result == EVENTS[fmt]
+    _record(benchmark, len(data), EVENTS[fmt])
+
+
+@pytest.mark.parametrize("fmt", FILES)
+def test_naive_baseline(benchmark: Any, corpus: Path, fmt: str) -> None:
+    data = (corpus / f"{fmt}.bin").read_bytes()
+    chunks = _chunks(data)
+    benchmark.group = fmt
+    frames = benchmark.pedantic(_naive, args=(chunks,), rounds=3, warmup_rounds=0)
+    assert frames > EVENTS[fmt]
+    _record(benchmark, len(data), EVENTS[fmt])
