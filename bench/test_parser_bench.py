@@ -44,7 +44,8 @@ def _route(twin: ModuleType, chunks: list[bytes]) -> int:
     events = 0
     for chunk in chunks:
         for message in parser.feed(chunk):
-            if message.name is not None and message.get("Unique-ID") is not None:
+            if message.name is not None:
+                message.get("Unique-ID")
                 events += 1
     return events
 
