@@ -230,10 +230,17 @@ async def _uuid_bridge(sim: FreeSwitchSimulator, args: str) -> str:
         return f"-ERR Invalid uuid {parts[0] if a is None else parts[1]}\n"
     a.other, b.other = b, a
     a.other_type, b.other_type = "originatee", "originator"
+    stamp = int(time.time())
     for me, them in ((a, b), (b, a)):
         me.variables["uuid_bridge"] = them.uuid
+        history = f"{stamp}:{uuidlib.uuid4()}:uuid_br:{them.uuid}"
+        me.profile.transfer_source = history
+        me.profile.index += 1
+        me.variables["transfer_history"] = history
+        me.variables["transfer_source"] = history
 
     def soft_execute(channel: Channel) -> None:
+        channel.variables.pop("uuid_bridge", None)
         channel.set_state("CS_HIBERNATE")
         channel.set_state("CS_RESET")
         channel.set_state("CS_SOFT_EXECUTE")

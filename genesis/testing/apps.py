@@ -215,7 +215,6 @@ async def bridge_channels(a: Channel, b: Channel, *, app_name: str) -> None:
         me.variables["bridge_channel"] = them.name
         me.variables["bridge_uuid"] = them.uuid
         me.variables["signal_bond"] = them.uuid
-        me.variables["last_bridge_to"] = them.uuid
         me.profile.times["Channel-Bridged-Time"] = now
     ids = {"Bridge-A-Unique-ID": a.uuid, "Bridge-B-Unique-ID": b.uuid}
     a.fire("CHANNEL_BRIDGE", ids)
@@ -229,8 +228,10 @@ async def bridge_channels(a: Channel, b: Channel, *, app_name: str) -> None:
         )
     finally:
         a.bridged_to = b.bridged_to = None
-        a.variables["last_bridge_role"] = "originator"
         a.fire("CHANNEL_UNBRIDGE", ids)
+        a.variables["last_bridge_to"] = b.uuid
+        a.variables["last_bridge_role"] = "originator"
+        b.variables["last_bridge_role"] = "originatee"
     if not b.hungup:
         b.hangup("NORMAL_CLEARING")
 

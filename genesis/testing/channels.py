@@ -44,6 +44,18 @@ STATE_NUMBERS = {
     "CS_NONE": 13,
 }
 
+CALL_STATE_NUMBERS = {
+    "DOWN": 0,
+    "DIALING": 1,
+    "RINGING": 2,
+    "EARLY": 3,
+    "ACTIVE": 4,
+    "HELD": 5,
+    "RING_WAIT": 6,
+    "HANGUP": 7,
+    "UNHELD": 8,
+}
+
 #: Q.850 codes of the hangup causes FreeSWITCH reports (``hangup_cause_q850``).
 Q850 = {
     "NONE": 0,
@@ -141,6 +153,23 @@ class Profile:
     callee_id_name: str = ""
     callee_id_number: str = ""
     times: dict[str, int] = field(default_factory=dict)
+    orig_caller_id_name: str = ""
+    orig_caller_id_number: str = ""
+    transfer_source: str = ""
+    index: int = 1
+
+    def __post_init__(self) -> None:
+        self.orig_caller_id_name = self.orig_caller_id_name or self.caller_id_name
+        self.orig_caller_id_number = self.orig_caller_id_number or self.caller_id_number
+        self.ani = self.caller_id_number
+
+    def flip(self) -> None:
+        """switch_channel_flip_cid: once answered, caller and callee ids swap."""
+        self.caller_id_name, self.callee_id_name = self.callee_id_name, self.caller_id_name
+        self.caller_id_number, self.callee_id_number = (
+            self.callee_id_number,
+            self.caller_id_number,
+        )
 
     def headers(self, prefix: str, into: Headers, *, index: bool) -> None:
         p = prefix
@@ -151,21 +180,23 @@ class Profile:
         for name, value in (
             ("Caller-ID-Name", self.caller_id_name),
             ("Caller-ID-Number", self.caller_id_number),
-            ("Orig-Caller-ID-Name", self.caller_id_name),
-            ("Orig-Caller-ID-Number", self.caller_id_number),
+            ("Orig-Caller-ID-Name", self.orig_caller_id_name),
+            ("Orig-Caller-ID-Number", self.orig_caller_id_number),
             ("Callee-ID-Name", self.callee_id_name),
             ("Callee-ID-Number", self.callee_id_number),
-            ("ANI", self.caller_id_number),
+            ("ANI", self.ani),
             ("Destination-Number", self.destination_number),
         ):
             if value:
                 into[f"{p}-{name}"] = value
         into[f"{p}-Unique-ID"] = self.unique_id
         into[f"{p}-Source"] = self.source
+        if index and self.transfer_source:
+            into[f"{p}-Transfer-Source"] = self.transfer_source
         into[f"{p}-Context"] = self.context
         into[f"{p}-Channel-Name"] = self.channel_name
         if index:
-            into[f"{p}-Profile-Index"] = "1"
+            into[f"{p}-Profile-Index"] = str(self.index)
         for name in _PROFILE_TIMES:
             into[f"{p}-{name}"] = str(self.times.get(name, 0))
         into[f"{p}-Screen-Bit"] = "true"
@@ -203,6 +234,7 @@ class Channel:
         source: str = "mod_loopback",
         channel_uuid: str | None = None,
         variables: dict[str, str] | None = None,
+        callee: tuple[str, str] = ("", ""),
     ) -> None:
         self.sim = sim
         self.uuid = channel_uuid or str(uuidlib.uuid4())
@@ -223,6 +255,8 @@ class Channel:
             unique_id=self.uuid,
             context=context,
             source=source,
+            callee_id_name=callee[0],
+            callee_id_number=callee[1],
             times={"Profile-Created-Time": created, "Channel-Created-Time": created},
         )
         sim.session_counter += 1
@@ -327,7 +361,11 @@ class Channel:
     def set_call_state(self, call_state: str) -> None:
         original, self.call_state = self.call_state, call_state
         post = {"Hangup-Cause": self.hangup_cause} if self.hangup_cause else None
-        self.fire("CHANNEL_CALLSTATE", {"Original-Channel-Call-State": original}, post)
+        pre = {
+            "Original-Channel-Call-State": original,
+            "Channel-Call-State-Number": str(CALL_STATE_NUMBERS.get(call_state, 0)),
+        }
+        self.fire("CHANNEL_CALLSTATE", pre, post)
 
     def mark_ring_ready(self) -> None:
         if self.call_state in ("RINGING", "EARLY", "ACTIVE"):
@@ -353,8 +391,11 @@ class Channel:
         self.fire("CHANNEL_ANSWER")
         self.set_call_state("ACTIVE")
         if self.peer is not None and not self.peer.answered:
-            # A loopback pair: answering one half answers the other.
+            # A loopback pair: answering one half answers the other, which flips its
+            # caller id (CALL_UPDATE), as mod_loopback does.
             self.peer.mark_answered()
+            self.peer.profile.flip()
+            self.peer.variables["channel_cid_flipped"] = "yes"
             self.peer.fire("CALL_UPDATE", {"Direction": "RECV"})
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -375,6 +416,10 @@ class Channel:
             if not self.hungup:
                 # Nothing left to run: FreeSWITCH hangs the channel up.
                 self.hangup("NORMAL_CLEARING")
+            # A real session needs a moment between CHANNEL_HANGUP and its teardown
+            # (media threads stop, the state machine runs): uuid_* commands sent in
+            # that window still find the channel, as they do on FreeSWITCH.
+            await asyncio.sleep(self.sim.teardown_seconds)
         except asyncio.CancelledError:
             if not self.hungup:
                 self.hangup("MANAGER_REQUEST")
@@ -426,7 +471,8 @@ class Channel:
                         response = await impl(self, message.arg, message)
                     except Hangup:
                         response = self.variables.get("current_application_response", "")
-                self.variables["current_application_response"] = response
+                if response:
+                    self.variables["current_application_response"] = response
                 post = self._app_headers(message)
                 post["Application-Response"] = response or "_none_"
                 if message.event_uuid:
@@ -455,8 +501,6 @@ class Channel:
         self.hangup_cause = cause
         self.answer_state = "hangup"
         self.profile.times["Channel-Hangup-Time"] = now_us()
-        self.variables["hangup_cause"] = cause
-        self.variables["hangup_cause_q850"] = str(Q850.get(cause, 16))
         self.fire("CHANNEL_HANGUP", post={"Hangup-Cause": cause})
         self._hungup.set()
         self._messages.put_nowait(None)  # wake a parked executor
@@ -475,10 +519,12 @@ class Channel:
         if not self.hungup:
             self.hangup("NORMAL_CLEARING")
             return
+        cause = self.hangup_cause or "NORMAL_CLEARING"
         self.set_state("CS_HANGUP")
         self.set_call_state("HANGUP")
+        self.variables["hangup_cause"] = cause
+        self.variables["hangup_cause_q850"] = str(Q850.get(cause, 16))
         self.set_state("CS_REPORTING")
-        cause = self.hangup_cause or "NORMAL_CLEARING"
         self.fire("CHANNEL_HANGUP_COMPLETE", {"Hangup-Cause": cause}, {"Hangup-Cause": cause})
         self.sim.channel_gone(self)
         self.fire("CHANNEL_DESTROY", post={"Hangup-Cause": cause})

@@ -141,6 +141,8 @@ class FreeSwitchSimulator:
         #: default playback duration (seconds); ``file_durations`` overrides per file.
         self.playback_seconds = playback_seconds
         self.file_durations: dict[str, float] = {}
+        #: time between CHANNEL_HANGUP and the teardown events (CS_HANGUP ... DESTROY).
+        self.teardown_seconds = 0.05
         self.identity = Identity(hostname)
         self.faults = Faults()
         self.stats: Counter[str] = Counter()
@@ -509,6 +511,7 @@ class FreeSwitchSimulator:
             source="mod_sofia",
             channel_uuid=leg_uuid,
             variables=variables,
+            callee=("Outbound Call", number),
         )
         if originator is None:
             self.calls.append(leg)
@@ -592,7 +595,7 @@ class FreeSwitchSimulator:
             destination=extension,
             context=context,
             channel_uuid=leg_uuid,
-            variables=variables,
+            callee=("Outbound Call", context),
         )
         b = Channel(
             self,
@@ -602,13 +605,12 @@ class FreeSwitchSimulator:
             caller_id_number=cid_number,
             destination=extension,
             context=context,
+            callee=("Outbound Call", context),
             variables={
                 name: value for name, value in variables.items() if name.startswith("origination")
             },
         )
         a.peer, b.peer = b, a
-        a.variables["other_loopback_leg_uuid"] = b.uuid
-        a.variables["loopback_leg"] = "A"
         b.variables["other_loopback_leg_uuid"] = a.uuid
         b.variables["loopback_leg"] = "B"
         self.calls.append(a)
@@ -623,6 +625,11 @@ class FreeSwitchSimulator:
                 a.fire_codecs(temporary or a.uuid, f"loopback/{extension}/{context}-a")
                 if temporary:
                     a.fire("CHANNEL_UUID", {"Old-Unique-ID": temporary})
+                # The dial string's variables land once the session has its uuid.
+                a.variables["call_uuid"] = a.uuid
+                a.variables.update(variables)
+                a.variables["other_loopback_leg_uuid"] = b.uuid
+                a.variables["loopback_leg"] = "A"
                 a.fire("CHANNEL_OUTGOING")
                 a.set_state("CS_INIT")
                 a.fire("CHANNEL_CREATE")
