@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.genesis-installed
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "Cython>=3.0" "setuptools>=68" wheel
+	$(BIN)/python -m pip install -q "Cython>=3.0" "setuptools>=77" wheel
 	$(BIN)/python -m pip install -q --no-build-isolation -e '.[dev]'
 	touch $@
 
