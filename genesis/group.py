@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from genesis import tracing
 from genesis.channel import Channel, instruments
-from genesis.exceptions import ChannelError, GenesisError
+from genesis.exceptions import ChannelError, TimeoutError
 from genesis.types import ChannelState
 
 if TYPE_CHECKING:
@@ -471,13 +471,13 @@ class _Ring:
         except ChannelError as exc:
             logger.info("ring group leg %s failed: %s", destination, exc.cause)
             return None
-        except GenesisError as exc:  # no ring or answer before the deadline
+        except TimeoutError as exc:  # no ring or answer before the deadline
             logger.info("ring group leg %s: %s", destination, exc)
             return None
         self.legs.append(leg)
         remaining = deadline - time.monotonic()
         if remaining > 0 and not leg.answered:
-            with contextlib.suppress(GenesisError):  # timeout: judged just below
+            with contextlib.suppress(TimeoutError):  # judged just below
                 await leg.wait(ChannelState.EXECUTE, timeout=remaining)
         if leg.answered and not leg.is_gone:
             return leg
