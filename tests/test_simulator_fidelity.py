@@ -14,10 +14,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
+from test_simulator_support import Esl
 
 from genesis.protocol.parser import KIND_EVENT, ESLEvent, Parser
 from genesis.testing import FreeSwitchSimulator
-from test_simulator_support import Esl
 
 
 def corpus_events(path: Path) -> list[ESLEvent]:
@@ -108,9 +108,7 @@ async def test_corpus_scenario_matches_capture(
     corpus: Path, scenario_fs: FreeSwitchSimulator, fmt: str
 ) -> None:
     real = corpus_events(corpus / f"{fmt}.bin")
-    client = await run_corpus_scenario(
-        scenario_fs, (corpus / f"{fmt}.sent.bin").read_bytes(), fmt
-    )
+    client = await run_corpus_scenario(scenario_fs, (corpus / f"{fmt}.sent.bin").read_bytes(), fmt)
     simulated = client.events
     assert {e.content_type for e in simulated} == {f"text/event-{fmt}"}
 
@@ -170,5 +168,7 @@ async def test_event_counts_match_capture(corpus: Path, scenario_fs: FreeSwitchS
         "api/response": 72,
         "text/disconnect-notice": 1,
     }
-    assert re.fullmatch(r"\+OK [0-9a-f-]{36}\n", [e for e in client.events
-                                                   if e.name == "BACKGROUND_JOB"][0].body or "")
+    assert re.fullmatch(
+        r"\+OK [0-9a-f-]{36}\n",
+        next(e for e in client.events if e.name == "BACKGROUND_JOB").body or "",
+    )

@@ -7,6 +7,7 @@ asyncio streams and the sans-I/O Parser: a bug in the engine cannot hide one her
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 from genesis.protocol.parser import (
@@ -38,9 +39,7 @@ class Esl:
 
     @classmethod
     async def open(cls, fs: FreeSwitchSimulator, password: str | None = "ClueCon") -> Esl:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(fs.host, fs.port), TIMEOUT
-        )
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(fs.host, fs.port), TIMEOUT)
         client = cls(reader, writer)
         if password is not None:
             await client.wait_for(lambda f: f.content_type == "auth/request", frames=True)
@@ -134,8 +133,5 @@ class Esl:
     async def close(self) -> None:
         self.writer.close()
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
             await self._task
-        except (asyncio.CancelledError, ConnectionError):
-            pass
-

@@ -27,15 +27,48 @@ Api = Callable[["FreeSwitchSimulator", str], Awaitable[str]]
 
 NO_CHANNEL = "-ERR No such channel!\n"
 
-_CHANNEL_COLUMNS = (
-    "uuid,direction,created,created_epoch,name,state,cid_name,cid_num,ip_addr,dest,"
-    "application,application_data,dialplan,context,read_codec,read_rate,read_bit_rate,"
-    "write_codec,write_rate,write_bit_rate,secure,hostname,presence_id,presence_data,"
-    "accountcode,callstate,callee_name,callee_num,callee_direction,call_uuid,"
-    "sent_callee_name,sent_callee_num,initial_cid_name,initial_cid_num,initial_ip_addr,"
-    "initial_dest,initial_dialplan,initial_context"
-).split(",")
-_CALL_COLUMNS = _CHANNEL_COLUMNS[:30] + [
+_CHANNEL_COLUMNS = [
+    "uuid",
+    "direction",
+    "created",
+    "created_epoch",
+    "name",
+    "state",
+    "cid_name",
+    "cid_num",
+    "ip_addr",
+    "dest",
+    "application",
+    "application_data",
+    "dialplan",
+    "context",
+    "read_codec",
+    "read_rate",
+    "read_bit_rate",
+    "write_codec",
+    "write_rate",
+    "write_bit_rate",
+    "secure",
+    "hostname",
+    "presence_id",
+    "presence_data",
+    "accountcode",
+    "callstate",
+    "callee_name",
+    "callee_num",
+    "callee_direction",
+    "call_uuid",
+    "sent_callee_name",
+    "sent_callee_num",
+    "initial_cid_name",
+    "initial_cid_num",
+    "initial_ip_addr",
+    "initial_dest",
+    "initial_dialplan",
+    "initial_context",
+]
+_CALL_COLUMNS = [
+    *_CHANNEL_COLUMNS[:30],
     "b_uuid",
     "b_direction",
     "b_created",
@@ -67,7 +100,16 @@ def split_originate(args: str) -> list[str]:
                 parts.append(args[:end])
                 args = args[end:].strip()
                 break
-    return parts + args.split()
+    tokens = args.split()
+    # Be lenient where FreeSWITCH needs quotes: "&app(arg with spaces)" stays whole.
+    for index, token in enumerate(tokens):
+        if token.startswith("&") and "(" in token and not token.endswith(")"):
+            for end in range(index + 1, len(tokens)):
+                if tokens[end].endswith(")"):
+                    tokens[index : end + 1] = [" ".join(tokens[index : end + 1])]
+                    break
+            break
+    return parts + tokens
 
 
 def parse_target(target: str) -> list[tuple[str, str]] | None:
@@ -163,8 +205,10 @@ async def _originate(sim: FreeSwitchSimulator, args: str) -> str:
     [cid number] [timeout]``."""
     parts = split_originate(args)
     if len(parts) < 2:
-        return "-USAGE: <call url> <exten>|&<application_name>(<app_args>) [<dialplan>] "\
+        return (
+            "-USAGE: <call url> <exten>|&<application_name>(<app_args>) [<dialplan>] "
             "[<context>] [<cid_name>] [<cid_num>] [<timeout_sec>]\n"
+        )
     dial, target = parts[0], parts[1]
     context = parts[3] if len(parts) > 3 else "default"
     cid_name = parts[4] if len(parts) > 4 else None
@@ -312,9 +356,7 @@ async def _uuid_broadcast(sim: FreeSwitchSimulator, args: str) -> str:
             "event-lock": "true",
             "lead-frames": "5",
         }
-        target.queue(
-            Message(app, arg, event_uuid=str(uuidlib.uuid4()), command_headers=command)
-        )
+        target.queue(Message(app, arg, event_uuid=str(uuidlib.uuid4()), command_headers=command))
     return "+OK Message sent\n"
 
 
@@ -431,9 +473,20 @@ async def _show(sim: FreeSwitchSimulator, args: str) -> str:
             if other is not None:
                 seen.add(other.uuid)
                 b = _row(other, hostname)
-                for name in ("uuid", "direction", "created", "created_epoch", "name", "state",
-                             "cid_name", "cid_num", "dest", "callstate", "callee_name",
-                             "callee_num"):
+                for name in (
+                    "uuid",
+                    "direction",
+                    "created",
+                    "created_epoch",
+                    "name",
+                    "state",
+                    "cid_name",
+                    "cid_num",
+                    "dest",
+                    "callstate",
+                    "callee_name",
+                    "callee_num",
+                ):
                     row["b_" + name] = b[name]
             row["call_created_epoch"] = created
             rows.append({name: row.get(name, "") for name in columns})

@@ -8,7 +8,6 @@ byte. Matching is case-insensitive on the command word, as in mod_event_socket.
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid as uuidlib
 from typing import TYPE_CHECKING
 
@@ -25,8 +24,6 @@ from genesis.testing.listener import (
 
 if TYPE_CHECKING:
     from genesis.testing.server import FreeSwitchSimulator
-
-logger = logging.getLogger("genesis.testing")
 
 _FORMATS = ("plain", "json", "xml")
 _LEVELS = {
@@ -139,16 +136,20 @@ class Commands:
         if tokens and tokens[0].lower() in _FORMATS:
             fmt = tokens.pop(0).lower()
         custom = False
+        subclasses = 0
         for token in tokens:
             if custom:
                 listener.subclasses.add(token)
+                subclasses += 1
             elif token.upper() == "ALL":
                 listener.all_events = True
             elif token.upper() == "CUSTOM":
                 custom = True
-                listener.events.add("CUSTOM")
             else:
                 listener.events.add(token.upper())
+        if custom and not subclasses:
+            # A bare CUSTOM takes every subclass.
+            listener.events.add("CUSTOM")
         listener.format = fmt
         listener.subscribed.set()
         await listener.send_reply(reply(f"+OK event listener enabled {fmt}"))
@@ -276,11 +277,8 @@ class Commands:
 
     async def cmd_sendmsg(self, listener: Listener, rest: str, frame: CommandFrame) -> None:
         target_uuid = rest.strip() or frame.headers.get("Unique-ID", "")
-        if target_uuid:
-            target = self.sim.channels.get(target_uuid)
-        else:
-            target = listener.channel
-        if target is None or target.hungup and frame_command(frame) != "hangup":
+        target = self.sim.channels.get(target_uuid) if target_uuid else listener.channel
+        if target is None or (target.hungup and frame_command(frame) != "hangup"):
             await listener.send_reply(reply(f"-ERR invalid session id [{target_uuid}]"))
             return
         command = frame_command(frame)
@@ -326,4 +324,3 @@ def rude_rejection() -> bytes:
 
 
 __all__ = ["Commands", "rude_rejection"]
-_ = logger

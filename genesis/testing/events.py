@@ -33,7 +33,11 @@ CALLING: Final[dict[str, tuple[str, str, str]]] = {
     "CHANNEL_EXECUTE": ("switch_core_session.c", "switch_core_session_exec", "2944"),
     "CHANNEL_EXECUTE_COMPLETE": ("switch_core_session.c", "switch_core_session_exec", "2967"),
     "CHANNEL_ANSWER": ("switch_channel.c", "switch_channel_perform_mark_answered", "3846"),
-    "CHANNEL_PROGRESS": ("switch_channel.c", "switch_channel_perform_mark_ring_ready_value", "3582"),
+    "CHANNEL_PROGRESS": (
+        "switch_channel.c",
+        "switch_channel_perform_mark_ring_ready_value",
+        "3582",
+    ),
     "CHANNEL_PROGRESS_MEDIA": (
         "switch_channel.c",
         "switch_channel_perform_mark_pre_answered",

@@ -193,7 +193,9 @@ class Listener:
             return False
         name = event.name
         if name == "CUSTOM":
-            if not (self.all_events or event.subclass in self.subclasses or "CUSTOM" in self.events):
+            if not (
+                self.all_events or event.subclass in self.subclasses or "CUSTOM" in self.events
+            ):
                 return False
         elif not (self.all_events or name in self.events):
             return False

@@ -181,9 +181,7 @@ class FreeSwitchSimulator:
         await self.stop()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._accept, self.host, self.port, limit=1 << 20
-        )
+        self._server = await asyncio.start_server(self._accept, self.host, self.port, limit=1 << 20)
         self.port = self._server.sockets[0].getsockname()[1]
         if self.heartbeat > 0:
             self.spawn(self._heartbeats())
@@ -246,7 +244,9 @@ class FreeSwitchSimulator:
         """True when some connection could receive an event (else none is built)."""
         return any(listener.wants_events for listener in self.listeners)
 
-    def emit(self, headers: Headers, body: str | None = None, channel_uuid: str | None = None) -> None:
+    def emit(
+        self, headers: Headers, body: str | None = None, channel_uuid: str | None = None
+    ) -> None:
         """Fire an event to every connection that subscribed to it."""
         self.stats["events"] += 1
         event = Emitted(headers, body, channel_uuid)
@@ -687,7 +687,9 @@ class FreeSwitchSimulator:
             # its first subscription keeps CHANNEL_PARK from racing ahead of it.
             subscribed = asyncio.ensure_future(listener.subscribed.wait())
             try:
-                await asyncio.wait({subscribed, serving}, timeout=0.5, return_when="FIRST_COMPLETED")
+                await asyncio.wait(
+                    {subscribed, serving}, timeout=0.5, return_when="FIRST_COMPLETED"
+                )
             finally:
                 subscribed.cancel()
         if serving.done() or channel.hungup:
@@ -744,10 +746,16 @@ class FreeSwitchSimulator:
         for name, state, extra in (
             ("CHANNEL_STATE", "CS_EXECUTE", {}),
             ("CHANNEL_EXECUTE", "CS_EXECUTE", {"Application": "playback"}),
-            ("CHANNEL_EXECUTE_COMPLETE", "CS_EXECUTE", {"Application": "playback",
-                                                        "Application-Response": "FILE PLAYED"}),
-            ("DTMF", "CS_EXECUTE", {"DTMF-Digit": "#", "DTMF-Duration": "2000",
-                                    "DTMF-Source": "UNKNOWN"}),
+            (
+                "CHANNEL_EXECUTE_COMPLETE",
+                "CS_EXECUTE",
+                {"Application": "playback", "Application-Response": "FILE PLAYED"},
+            ),
+            (
+                "DTMF",
+                "CS_EXECUTE",
+                {"DTMF-Digit": "#", "DTMF-Duration": "2000", "DTMF-Source": "UNKNOWN"},
+            ),
         ):
             channel.state = state
             headers = self.identity.common(name)
