@@ -73,8 +73,11 @@ _CONTEXT_EVENTS = frozenset({"CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_PARK"}
 class _SessionLike(Protocol):
     """What Channel uses of an outbound Session beyond the base Protocol."""
 
-    uuid: str
-    context: Mapping[str, Any]
+    @property
+    def uuid(self) -> str | None: ...
+
+    @property
+    def context(self) -> Mapping[str, Any]: ...
 
 
 def escape_variable(value: object) -> str:
@@ -168,6 +171,8 @@ class Channel:
     @classmethod
     def from_session(cls, session: _SessionLike) -> Channel:
         """The outbound session's own channel: operations use the session's sendmsg."""
+        if session.uuid is None:
+            raise ValueError("the session has no channel yet: it is not connected")
         context = session.context
         channel = cls(session, session.uuid, None, context)  # type: ignore[arg-type]
         state = context.get("Channel-State")
@@ -515,6 +520,8 @@ class Channel:
     async def bridge(self, other: Channel | _SessionLike) -> ESLEvent:
         """Bridge this leg with another Channel or an outbound Session's channel."""
         other_uuid = other.uuid
+        if other_uuid is None:
+            raise ValueError("cannot bridge with a session that is not connected")
 
         async def run(span: Span | None) -> ESLEvent:
             reply = await self.protocol.send(f"api uuid_bridge {self.uuid} {other_uuid}")

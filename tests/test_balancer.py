@@ -30,8 +30,8 @@ async def balancer(request: pytest.FixtureRequest) -> AsyncIterator[LoadBalancer
 
 
 def test_public_names() -> None:
-    assert genesis.InMemoryLoadBalancer is InMemoryLoadBalancer
-    assert genesis.RedisLoadBalancer is RedisLoadBalancer
+    assert genesis.InMemoryLoadBalancer is InMemoryLoadBalancer  # type: ignore[attr-defined]
+    assert genesis.RedisLoadBalancer is RedisLoadBalancer  # type: ignore[attr-defined]
 
 
 async def test_counts_and_least_loaded(balancer: LoadBalancerBackend) -> None:
@@ -152,7 +152,7 @@ async def test_two_processes_never_exceed_limits(redis_url: str, redis_prefix: s
     lb = RedisLoadBalancer(redis_url, key_prefix=redis_prefix + "lb:")
     try:
         assert await client.lrange(redis_prefix + "violations", 0, -1) == []
-        assert int(await client.get(redis_prefix + "calls")) == 300
+        assert int(await client.get(redis_prefix + "calls") or 0) == 300
         assert await lb.get_count("gw1") == 0
         assert await lb.get_count("gw2") == 0
     finally:

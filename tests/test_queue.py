@@ -33,9 +33,9 @@ async def _until(predicate_coro, timeout: float = WAIT) -> None:  # type: ignore
 
 
 def test_public_names() -> None:
-    assert genesis.Queue is Queue
-    assert genesis.RedisBackend is RedisBackend
-    assert genesis.QueueTimeoutError is QueueTimeoutError
+    assert genesis.Queue is Queue  # type: ignore[attr-defined]
+    assert genesis.RedisBackend is RedisBackend  # type: ignore[attr-defined]
+    assert genesis.QueueTimeoutError is QueueTimeoutError  # type: ignore[attr-defined]
 
 
 async def test_fifo_order(backend: QueueBackend) -> None:
