@@ -296,3 +296,40 @@ async def test_cancelled_create_leaves_no_leg(fs: FreeSwitchSimulator, client: I
         while fs.channels:
             await asyncio.sleep(0.01)
     assert fs.calls[-1].hangup_cause == "ORIGINATOR_CANCEL"
+
+
+async def test_session_own_channel_uses_session_sendmsg_and_goes_away(
+    fs: FreeSwitchSimulator,
+) -> None:
+    from genesis.exceptions import SessionGoneAway
+    from genesis.outbound import Outbound, Session
+
+    fs.file_durations["/tmp/long.wav"] = 30.0
+    outcome: dict[str, object] = {}
+    playing = asyncio.Event()
+
+    async def handler(session: Session) -> None:
+        channel = session.channel
+        assert isinstance(channel, Channel) and channel.uuid == session.uuid
+        await channel.answer()
+        playing.set()
+        try:
+            await channel.playback("/tmp/long.wav")
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    server = Outbound(handler, "127.0.0.1", 0)
+    await server.start(block=False)
+    try:
+        fs.route("5001", socket=f"127.0.0.1:{server.addresses[0][1]} async full")
+        caller = await fs.place_call("5001", caller="1000")
+        await asyncio.wait_for(playing.wait(), WAIT)
+        await asyncio.sleep(0.1)
+        assert caller.answer_state == "answered"
+        caller.hangup("NORMAL_CLEARING")
+        async with asyncio.timeout(WAIT):
+            while "error" not in outcome:
+                await asyncio.sleep(0.01)
+        assert isinstance(outcome["error"], SessionGoneAway)
+    finally:
+        await server.stop(timeout=2.0)
