@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-from genesis.testing import FreeSwitchSimulator
 from test_simulator_support import Esl
+
+from genesis.testing import FreeSwitchSimulator
 
 GOODBYE = "Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
 COMMON = [

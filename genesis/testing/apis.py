@@ -8,6 +8,7 @@ as switch_api_execute does.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid as uuidlib
@@ -306,7 +307,7 @@ async def _uuid_bridge(sim: FreeSwitchSimulator, args: str) -> str:
             calling=("switch_ivr_bridge.c", "uuid_bridge_on_soft_execute", "1243"),
         )
         b.set_state("CS_EXCHANGE_MEDIA")
-        await b.wait_hangup()
+        await b.serve_messages(asyncio.Event())
 
     a.take_over(run_a)
     b.take_over(run_b)

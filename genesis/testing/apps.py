@@ -218,14 +218,13 @@ async def bridge_channels(a: Channel, b: Channel, *, app_name: str) -> None:
         me.profile.times["Channel-Bridged-Time"] = now
     ids = {"Bridge-A-Unique-ID": a.uuid, "Bridge-B-Unique-ID": b.uuid}
     a.fire("CHANNEL_BRIDGE", ids)
+    ended = asyncio.Event()
+    a.listeners.append(lambda _: ended.set())
+    b.listeners.append(lambda _: ended.set())
+    if a.hungup or b.hungup:
+        ended.set()
     try:
-        await asyncio.wait(
-            {
-                asyncio.ensure_future(a.wait_hangup()),
-                asyncio.ensure_future(b.wait_hangup()),
-            },
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        await a.serve_messages(ended)
     finally:
         a.bridged_to = b.bridged_to = None
         a.fire("CHANNEL_UNBRIDGE", ids)

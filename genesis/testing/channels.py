@@ -565,15 +565,28 @@ class Channel:
             self.fire("CHANNEL_PARK")
         self._unpark = asyncio.Event()
         try:
-            while not self.hungup and not self._unpark.is_set():
-                message = await self._messages.get()
-                if message is None:
-                    continue
-                await self.execute(message)
+            await self.serve_messages(self._unpark)
         finally:
             self._unpark = None
             if fire_events:
                 self.fire("CHANNEL_UNPARK")
+
+    async def serve_messages(self, stop: asyncio.Event) -> None:
+        """Run queued messages as they come until ``stop`` is set or the channel hangs
+        up: what a parked or bridged FreeSWITCH channel does between media frames."""
+        while not self.hungup and not stop.is_set():
+            getter = asyncio.ensure_future(self._messages.get())
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopper.cancel()
+                if not getter.done():
+                    getter.cancel()
+            if getter.done() and not getter.cancelled():
+                message = getter.result()
+                if message is not None:
+                    await self.execute(message)
 
     def unpark(self) -> None:
         """End the park loop (the outbound application disconnected, uuid_transfer...)."""

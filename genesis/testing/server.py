@@ -540,7 +540,7 @@ class FreeSwitchSimulator:
                 if after_answer is not None:
                     await after_answer(leg)
                 else:
-                    await leg.wait_hangup()
+                    await leg.serve_messages(asyncio.Event())
             finally:
                 if not result.done():
                     result.set_result(leg.hangup_cause or "NORMAL_CLEARING")
@@ -647,7 +647,7 @@ class FreeSwitchSimulator:
                 if after_answer is not None:
                     await after_answer(a)
                 else:
-                    await a.wait_hangup()
+                    await a.serve_messages(asyncio.Event())
             finally:
                 if not result.done():
                     result.set_result(a.hangup_cause or "NORMAL_CLEARING")
