@@ -297,7 +297,7 @@ async def _uuid_bridge(sim: FreeSwitchSimulator, args: str) -> str:
             post={"Application": "uuid_bridge", "Application-Data": b.uuid},
             calling=("switch_ivr_bridge.c", "uuid_bridge_on_soft_execute", "1236"),
         )
-        await bridge_channels(a, b, app_name="uuid_bridge")
+        await bridge_channels(a, b, hangup_after_bridge=True)
 
     async def run_b() -> None:
         soft_execute(b)

@@ -193,7 +193,7 @@ async def bridge(channel: Channel, arg: str, message: Message) -> str:
         channel.variables["DIALSTATUS"] = "BUSY" if cause == "USER_BUSY" else "NOANSWER"
         channel.variables["last_bridge_hangup_cause"] = cause
         return cause
-    await bridge_channels(channel, leg, app_name="bridge")
+    await bridge_channels(channel, leg, hangup_after_bridge=False)
     return ""
 
 
@@ -205,8 +205,13 @@ def _timeout_of(channel: Channel) -> float:
     return 60.0
 
 
-async def bridge_channels(a: Channel, b: Channel, *, app_name: str) -> None:
-    """Bridge ``a`` (the side that runs the bridge) and ``b`` until one hangs up."""
+async def bridge_channels(a: Channel, b: Channel, *, hangup_after_bridge: bool) -> None:
+    """Bridge ``a`` (the side that runs the bridge) and ``b`` until one hangs up.
+
+    When ``a`` hangs up, ``b`` follows at once (its CHANNEL_HANGUP comes before a's
+    CHANNEL_UNBRIDGE, as on FreeSWITCH). When ``b`` hangs up, ``a`` continues its
+    dialplan unless ``hangup_after_bridge`` (uuid_bridge, or the channel variable).
+    """
     a.other, b.other = b, a
     a.other_type, b.other_type = "originatee", "originator"
     a.bridged_to, b.bridged_to = b.uuid, a.uuid
@@ -216,16 +221,34 @@ async def bridge_channels(a: Channel, b: Channel, *, app_name: str) -> None:
         me.variables["bridge_uuid"] = them.uuid
         me.variables["signal_bond"] = them.uuid
         me.profile.times["Channel-Bridged-Time"] = now
+    hangup_after_bridge = hangup_after_bridge or (
+        a.variables.get("hangup_after_bridge", "").lower() == "true"
+    )
+    ended = asyncio.Event()
+
+    def a_gone(_: Channel) -> None:
+        ended.set()
+        if not b.hungup:
+            b.hangup("NORMAL_CLEARING")
+
+    def b_gone(_: Channel) -> None:
+        ended.set()
+        if hangup_after_bridge and not a.hungup:
+            a.hangup("NORMAL_CLEARING")
+
     ids = {"Bridge-A-Unique-ID": a.uuid, "Bridge-B-Unique-ID": b.uuid}
     a.fire("CHANNEL_BRIDGE", ids)
-    ended = asyncio.Event()
-    a.listeners.append(lambda _: ended.set())
-    b.listeners.append(lambda _: ended.set())
-    if a.hungup or b.hungup:
-        ended.set()
+    a.listeners.append(a_gone)
+    b.listeners.append(b_gone)
+    if a.hungup:
+        a_gone(a)
+    if b.hungup:
+        b_gone(b)
     try:
         await a.serve_messages(ended)
     finally:
+        a.listeners.remove(a_gone)
+        b.listeners.remove(b_gone)
         a.bridged_to = b.bridged_to = None
         a.fire("CHANNEL_UNBRIDGE", ids)
         a.variables["last_bridge_to"] = b.uuid

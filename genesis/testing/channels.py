@@ -368,11 +368,12 @@ class Channel:
         self.fire("CHANNEL_CALLSTATE", pre, post)
 
     def mark_ring_ready(self) -> None:
-        if self.call_state in ("RINGING", "EARLY", "ACTIVE"):
+        if self.profile.times.get("Channel-Progress-Time") or self.answer_state != "ringing":
             return
         self.profile.times["Channel-Progress-Time"] = now_us()
         self.fire("CHANNEL_PROGRESS")
-        self.set_call_state("RINGING")
+        if self.call_state != "RINGING":
+            self.set_call_state("RINGING")
 
     def mark_pre_answered(self) -> None:
         if self.answer_state in ("early", "answered"):
@@ -455,6 +456,14 @@ class Channel:
         app = message.app
         impl = self.sim.applications.get(app)
         response = ""
+        if impl is None:
+            # switch_core_session_execute_application: an unknown application hangs
+            # the channel up, no CHANNEL_EXECUTE is fired.
+            self.sim.log(3, f"Invalid Application {app}", self)
+            if message.done is not None and not message.done.done():
+                message.done.set_result(None)
+            self.hangup("DESTINATION_OUT_OF_ORDER")
+            return ""
         try:
             for _ in range(max(1, message.loops)):
                 if self.hungup and app != "hangup":
@@ -464,13 +473,10 @@ class Channel:
                 if message.arg:
                     self.variables["current_application_data"] = message.arg
                 self.fire("CHANNEL_EXECUTE", post=self._app_headers(message))
-                if impl is None:
-                    response = "_none_"
-                else:
-                    try:
-                        response = await impl(self, message.arg, message)
-                    except Hangup:
-                        response = self.variables.get("current_application_response", "")
+                try:
+                    response = await impl(self, message.arg, message)
+                except Hangup:
+                    response = self.variables.get("current_application_response", "")
                 if response:
                     self.variables["current_application_response"] = response
                 post = self._app_headers(message)
@@ -506,9 +512,8 @@ class Channel:
         self._messages.put_nowait(None)  # wake a parked executor
         for listener in list(self.listeners):
             listener(self)
-        for other in (self.peer, self.sim.channels.get(self.bridged_to or "")):
-            if other is not None and not other.hungup:
-                other.hangup("NORMAL_CLEARING")
+        if self.peer is not None and not self.peer.hungup:
+            self.peer.hangup("NORMAL_CLEARING")
         if self._task is None or self._task.done():
             self._teardown()
         return True
