@@ -35,7 +35,29 @@ _EXPORTS: dict[str, str] = {
     "use_uvloop": "genesis.loop",
 }
 
-__all__ = [*_EXPORTS, "__version__", "parser_implementation"]
+__all__ = [
+    "Channel",
+    "Consumer",
+    "ESLEvent",
+    "InMemoryBackend",
+    "InMemoryLoadBalancer",
+    "Inbound",
+    "Outbound",
+    "Queue",
+    "QueueBackend",
+    "QueueSemaphore",
+    "QueueSlot",
+    "QueueTimeoutError",
+    "RedisBackend",
+    "RedisLoadBalancer",
+    "RingGroup",
+    "RingMode",
+    "Session",
+    "__version__",
+    "filtrate",
+    "parser_implementation",
+    "use_uvloop",
+]
 
 
 def parser_implementation() -> str:

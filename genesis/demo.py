@@ -282,7 +282,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     # --short changes the defaults only: explicit values still win.
     defaults = (60, 12, 60.0, 0.1) if args.short else (300, 40, 40.0, 0.3)
-    for name, default in zip(("calls", "ivr_calls", "cps", "playback"), defaults):
+    for name, default in zip(("calls", "ivr_calls", "cps", "playback"), defaults, strict=True):
         if getattr(args, name) is None:
             setattr(args, name, default)
     return args

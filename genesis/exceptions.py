@@ -17,7 +17,7 @@ class GenesisError(Exception):
     """Base class of every error raised by Genesis."""
 
 
-class ConnectionError(GenesisError):  # noqa: A001 - the public name users already catch
+class ConnectionError(GenesisError):  # the public name users already catch (shadows the builtin)
     """The connection to FreeSWITCH failed or is closing."""
 
 
@@ -41,7 +41,9 @@ class CommandStage(Enum):
 class ConnectionLost(ConnectionError):
     """The connection closed while a command was pending."""
 
-    def __init__(self, message: str = "connection lost", stage: CommandStage = CommandStage.UNCONFIRMED) -> None:
+    def __init__(
+        self, message: str = "connection lost", stage: CommandStage = CommandStage.UNCONFIRMED
+    ) -> None:
         super().__init__(message)
         self.stage = stage
 
@@ -87,7 +89,7 @@ class SessionGoneAway(GenesisError):
     """The outbound session's channel hung up while an operation waited on it."""
 
 
-class TimeoutError(GenesisError, builtins.TimeoutError):  # noqa: A001 - public name
+class TimeoutError(GenesisError, builtins.TimeoutError):  # public name, shadows the builtin
     """A wait exceeded its timeout."""
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from genesis.protocol.parser import ESLEvent
@@ -123,7 +123,7 @@ HangupCause = Literal[
     "REJECT_ALL",
 ]
 
-EventHandler = Callable[["ESLEvent"], Union[Awaitable[Any], Any]]
+EventHandler = Callable[["ESLEvent"], Awaitable[Any] | Any]
 """A handler receives one event; it may be a plain function or a coroutine function."""
 
 ContextType = dict[str, Any]
