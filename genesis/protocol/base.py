@@ -157,7 +157,7 @@ class Protocol(asyncio.Protocol):
         self._ready = self._ready_on_connect
         peer = transport.get_extra_info("peername")
         self.peer = (str(peer[0]), int(peer[1])) if peer else None
-        self._dispatcher.attach(transport)
+        self._dispatcher.attach(self._transport)
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
