@@ -172,6 +172,8 @@ class Listener:
         self.log_level: int | None = None
         self.linger: float | None = None
         self.closed = False
+        #: outbound: the channel is gone or hung up without linger, its events stop here.
+        self.detached = False
         self.subscribed = asyncio.Event()
         self._out: deque[tuple[bytes, bool]] = deque()
         self._events_queued = 0
@@ -190,6 +192,8 @@ class Listener:
     def accepts(self, event: Emitted) -> bool:
         """FreeSWITCH's delivery rule: subscribed name, myevents channel, then filters."""
         if self.closed or not self.connected:
+            return False
+        if self.detached and self.channel is not None and event.channel_uuid == self.channel.uuid:
             return False
         name = event.name
         if name == "CUSTOM":
@@ -391,11 +395,15 @@ class Listener:
     def on_channel_hangup(self, channel: Channel) -> None:
         if self.linger is None and not self.closed:
             # Without linger FreeSWITCH discards what is queued and says goodbye.
+            self.detached = True
             self._out = deque(item for item in self._out if not item[1])
             self._events_queued = 0
             asyncio.get_running_loop().create_task(self.close(self.disconnect_notice()))
 
     def on_channel_gone(self, channel: Channel) -> None:
+        # The session is being destroyed: its later events (CHANNEL_DESTROY) never reach
+        # the socket that controlled it.
+        self.detached = True
         if self.linger is None or self.closed:
             return
         self.write(self.disconnect_notice(linger=True))

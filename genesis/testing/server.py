@@ -370,7 +370,7 @@ class FreeSwitchSimulator:
             self,
             name=f"sofia/internal/{caller}@{self.host}",
             direction="inbound",
-            caller_id_name=caller_name or caller,
+            caller_id_name=caller if caller_name is None else caller_name,
             caller_id_number=caller,
             destination=destination,
             context=context,
@@ -485,7 +485,8 @@ class FreeSwitchSimulator:
         if originator is not None:
             cid_name = cid_name or originator.profile.caller_id_name
             cid_number = cid_number or originator.profile.caller_id_number
-        cid_name = cid_name or "FreeSWITCH"
+        # FreeSWITCH's defaults: no caller id name, number 0000000000.
+        cid_name = cid_name or ""
         cid_number = cid_number or "0000000000"
         leg_uuid = variables.get("origination_uuid")
         if target.startswith("error/"):
