@@ -343,7 +343,7 @@ class Channel:
         calling: tuple[str, str, str] | None = None,
     ) -> None:
         """Fire a channel event: common headers, ``pre``, channel data, ``post``."""
-        if not self.sim.has_listeners():
+        if not self.sim.wants(name):
             return
         headers = self.sim.identity.common(name, calling=calling)
         if pre:
@@ -607,7 +607,7 @@ class Channel:
 
     def fire_codecs(self, unique_id: str, name: str) -> None:
         """The two CODEC events a new media channel fires, before it has a profile."""
-        if not self.sim.has_listeners():
+        if not self.sim.wants("CODEC"):
             return
         base: Headers = {
             "Channel-State": "CS_NONE",

@@ -185,9 +185,13 @@ class Listener:
         self._writer_task: asyncio.Task[None] | None = None
 
     # -- subscription ---------------------------------------------------------------
-    @property
-    def wants_events(self) -> bool:
-        return self.all_events or bool(self.events) or bool(self.subclasses)
+    def wants(self, name: str) -> bool:
+        """Could an event called ``name`` pass this connection's subscription?"""
+        if self.closed or not self.connected:
+            return False
+        return (
+            self.all_events or name in self.events or (name == "CUSTOM" and bool(self.subclasses))
+        )
 
     def accepts(self, event: Emitted) -> bool:
         """FreeSWITCH's delivery rule: subscribed name, myevents channel, then filters."""

@@ -240,9 +240,10 @@ class FreeSwitchSimulator:
         if listener.channel is not None:
             listener.channel.unpark()
 
-    def has_listeners(self) -> bool:
-        """True when some connection could receive an event (else none is built)."""
-        return any(listener.wants_events for listener in self.listeners)
+    def wants(self, name: str) -> bool:
+        """True when some connection could receive an event called ``name``: events
+        nobody can receive are never built (no headers, no serialization)."""
+        return any(listener.wants(name) for listener in self.listeners)
 
     def emit(
         self, headers: Headers, body: str | None = None, channel_uuid: str | None = None
