@@ -169,7 +169,9 @@ async def test_uuid_bridge_and_broadcast(freeswitch: FreeSwitchSimulator, client
     assert bridge["Other-Leg-Unique-ID"] == b
     assert await client.api(f"uuid_broadcast {b} tone.wav aleg") == "+OK Message sent\n"
     await client.event("PLAYBACK_STOP", Unique_ID=b)
-    await client.event("COMMAND", Unique_ID=b)
+    command = await client.event("PRIVATE_COMMAND", Unique_ID=b)
+    assert command["Event-Name"] == ["COMMAND", "PRIVATE_COMMAND"]
+    assert command["execute-app-arg"] == "tone.wav"
     calls = json.loads(await client.api("show calls as json"))
     assert calls["row_count"] == 1 and {calls["rows"][0]["uuid"], calls["rows"][0]["b_uuid"]} == {
         a,
@@ -221,3 +223,26 @@ async def test_registered_api(freeswitch: FreeSwitchSimulator, client: Esl) -> N
 
     freeswitch.apis.register("reverse", reverse)
     assert await client.api("reverse abc") == "cba"
+
+
+async def test_originate_simultaneous_first_answer_wins(
+    freeswitch: FreeSwitchSimulator, client: Esl
+) -> None:
+    freeswitch.endpoint("user/2001", answer_after=0.3)
+    freeswitch.endpoint("user/2002", answer_after=0.05)
+    reply = await client.api("originate {originate_timeout=5}user/2001,user/2002,user/1002 &park()")
+    uuid = reply.split()[1]
+    winner = freeswitch.channels[uuid]
+    assert winner.name.startswith("sofia/internal/2002@")
+    loser = await client.event("CHANNEL_HANGUP", Hangup_Cause="LOSE_RACE")
+    assert loser["Caller-Destination-Number"] == "2001"
+    busy = await client.event("CHANNEL_HANGUP", Hangup_Cause="USER_BUSY")
+    assert busy["Caller-Destination-Number"] == "1002"
+
+
+async def test_originate_sequential_and_all_failing(client: Esl) -> None:
+    reply = await client.api("originate user/1002|user/1004|user/1001 &park()")
+    assert reply.startswith("+OK ")
+    causes = [e["Hangup-Cause"] for e in client.events if e.name == "CHANNEL_HANGUP"]
+    assert causes == ["USER_BUSY", "CALL_REJECTED"]
+    assert await client.api("originate user/1002,user/1004 &park()") == "-ERR CALL_REJECTED\n"

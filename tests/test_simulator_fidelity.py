@@ -143,6 +143,13 @@ async def test_corpus_scenario_matches_capture(
             )
         assert variables <= real_variables, (name, sorted(variables - real_variables))
 
+    # The re-typed broadcast event carries both header sets, like the capture's.
+    for source in (real, simulated):
+        commands = [e for e in source if first_name(e) == "COMMAND"]
+        assert len(commands) == 20
+        assert {tuple(e["Event-Name"]) for e in commands} == {("COMMAND", "PRIVATE_COMMAND")}
+        assert {e.name for e in commands} == {"PRIVATE_COMMAND"}
+
     # Event-Sequence grows across the whole switch.
     numbers = [int(e["Event-Sequence"]) for e in simulated if isinstance(e["Event-Sequence"], str)]
     assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)

@@ -350,7 +350,12 @@ async def _uuid_broadcast(sim: FreeSwitchSimulator, args: str) -> str:
     if path.startswith("app::"):
         app, _, arg = path[5:].partition("::")
     for target in targets:
-        command = {
+        # The COMMAND event is stamped when queued; FreeSWITCH appends a second header
+        # set (PRIVATE_COMMAND and the channel data) when the channel runs it.
+        command = sim.identity.common(
+            "COMMAND", calling=("switch_ivr_async.c", "switch_ivr_broadcast", "5731")
+        )
+        command |= {
             "call-command": "execute",
             "execute-app-name": app,
             "execute-app-arg": arg,

@@ -132,7 +132,8 @@ class Message:
     arg: str = ""
     event_uuid: str | None = None
     loops: int = 1
-    #: set for uuid_broadcast: the COMMAND event FreeSWITCH fires once the message ran.
+    #: set for uuid_broadcast: the COMMAND event (stamped when queued) that FreeSWITCH
+    #: delivers, re-typed PRIVATE_COMMAND, once the message ran.
     command_headers: Headers | None = None
     done: asyncio.Future[None] | None = None
 
@@ -484,8 +485,10 @@ class Channel:
                 if message.event_uuid:
                     post["Application-UUID"] = post.pop("Application-UUID")
                 self.fire("CHANNEL_EXECUTE_COMPLETE", post=post)
-            if message.command_headers is not None:
-                self.fire("COMMAND", message.command_headers)
+            if message.command_headers is not None and self.sim.wants("PRIVATE_COMMAND"):
+                private = self.sim.identity.common("PRIVATE_COMMAND")
+                self.data(private, with_variables=False)
+                self.sim.emit(message.command_headers, channel_uuid=self.uuid, appended=private)
         finally:
             if message.done is not None and not message.done.done():
                 message.done.set_result(None)

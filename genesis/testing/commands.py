@@ -294,7 +294,8 @@ class Commands:
                 Message(
                     app,
                     arg,
-                    event_uuid=frame.headers.get("Event-UUID") or None,
+                    # FreeSWITCH makes up an Application-UUID when none is given.
+                    event_uuid=frame.headers.get("Event-UUID") or str(uuidlib.uuid4()),
                     loops=int(loops) if loops.isdigit() else 1,
                     done=done,
                 )

@@ -212,9 +212,8 @@ class Listener:
         ):
             return False
         if self.filters:
-            headers = event.headers
             for flt in self.filters:
-                value = headers.get(flt.header)
+                value = event.header(flt.header)
                 if value is not None and flt.matches(value):
                     return True
             return False

@@ -10,7 +10,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,15 +75,47 @@ class Route:
         return destination == self.extension
 
 
+AfterAnswer = Callable[[Channel], Awaitable[None]]
+
+
+def split_top_level(text: str, separator: str) -> list[str]:
+    """Split a dial string on ``separator`` outside ``{}``, ``[]`` and ``<>``."""
+    parts: list[str] = []
+    depth = 0
+    start = 0
+    for index, char in enumerate(text):
+        if char in "{[<":
+            depth += 1
+        elif char in "}]>":
+            depth -= 1
+        elif char == separator and depth == 0:
+            parts.append(text[start:index])
+            start = index + 1
+    parts.append(text[start:])
+    return [part.strip() for part in parts if part.strip()]
+
+
 class Emitted:
-    """One fired event, serialized at most once per format however many listeners."""
+    """One fired event, serialized at most once per format however many listeners.
 
-    __slots__ = ("_frames", "body", "channel_uuid", "headers", "name", "subclass")
+    ``appended`` is a second header set written after the first, duplicate names and
+    all: how FreeSWITCH delivers a re-typed event (COMMAND then PRIVATE_COMMAND). Such an
+    event routes by its last Event-Name.
+    """
 
-    def __init__(self, headers: Headers, body: str | None, channel_uuid: str | None) -> None:
+    __slots__ = ("_frames", "appended", "body", "channel_uuid", "headers", "name", "subclass")
+
+    def __init__(
+        self,
+        headers: Headers,
+        body: str | None,
+        channel_uuid: str | None,
+        appended: Headers | None = None,
+    ) -> None:
         self.headers = headers
         self.body = body
-        self.name = headers["Event-Name"]
+        self.appended = appended
+        self.name = (appended or headers)["Event-Name"]
         self.subclass = headers.get("Event-Subclass")
         self.channel_uuid = channel_uuid
         self._frames: dict[str, bytes] = {}
@@ -91,8 +123,32 @@ class Emitted:
     def serialized(self, fmt: str) -> bytes:
         frame = self._frames.get(fmt)
         if frame is None:
-            frame = self._frames[fmt] = serialize_event(self.headers, fmt, self.body)
+            frame = serialize_event(self.headers, fmt, self.body)
+            if self.appended is not None:
+                frame = _append_headers(frame, serialize_event(self.appended, fmt), fmt)
+            self._frames[fmt] = frame
         return frame
+
+    def header(self, name: str) -> str | None:
+        value = self.headers.get(name)
+        if value is None and self.appended is not None:
+            value = self.appended.get(name)
+        return value
+
+
+def _append_headers(first: bytes, second: bytes, fmt: str) -> bytes:
+    """Join two body-less event frames into one whose headers are first's then second's."""
+    one = first[first.index(b"\n\n") + 2 :]
+    two = second[second.index(b"\n\n") + 2 :]
+    if fmt == "json":
+        inner = one[:-1] + b"," + two[1:]
+    elif fmt == "xml":
+        start = b"<headers>\n"
+        inner = one[: one.rindex(b"  </headers>")] + two[two.index(start) + len(start) :]
+    else:
+        inner = one[:-1] + two
+    content_type = first[first.index(b"Content-Type: ") : first.index(b"\n\n")]
+    return b"Content-Length: %d\n%s\n\n%s" % (len(inner), content_type, inner)
 
 
 def parse_dial_string(dial: str) -> tuple[dict[str, str], str]:
@@ -246,11 +302,16 @@ class FreeSwitchSimulator:
         return any(listener.wants(name) for listener in self.listeners)
 
     def emit(
-        self, headers: Headers, body: str | None = None, channel_uuid: str | None = None
+        self,
+        headers: Headers,
+        body: str | None = None,
+        channel_uuid: str | None = None,
+        *,
+        appended: Headers | None = None,
     ) -> None:
         """Fire an event to every connection that subscribed to it."""
         self.stats["events"] += 1
-        event = Emitted(headers, body, channel_uuid)
+        event = Emitted(headers, body, channel_uuid, appended)
         for listener in list(self.listeners):
             listener.offer(event)
 
@@ -465,16 +526,39 @@ class FreeSwitchSimulator:
         inherit: Mapping[str, str] | None = None,
         caller_id_name: str | None = None,
         caller_id_number: str | None = None,
-        after_answer: Any = None,
+        after_answer: AfterAnswer | None = None,
+        created: Callable[[Channel], None] | None = None,
     ) -> tuple[Channel | None, str]:
-        """Create and ring one outgoing leg; (leg, "") once answered, else (None, cause).
+        """Create and ring outgoing legs; (leg, "") once one answered, else (None, cause).
 
-        ``after_answer(leg)`` runs on the leg's own executor once it answered; without
-        it the leg waits (bridged) until it hangs up.
+        ``dial`` may list several destinations: ``a,b`` rings them together, ``a|b`` one
+        after another. ``after_answer(leg)`` runs on the leg's own executor once it
+        answered; without it the leg waits (bridged) until it hangs up. ``created`` is
+        told about every leg created.
         """
         variables, target = parse_dial_string(dial)
         if inherit:
             variables = {**inherit, **variables}
+        options: dict[str, Any] = {
+            "originator": originator,
+            "timeout": timeout,
+            "inherit": variables,
+            "caller_id_name": caller_id_name,
+            "caller_id_number": caller_id_number,
+            "after_answer": after_answer,
+        }
+        sequential = split_top_level(target, "|")
+        if len(sequential) > 1:
+            # "a|b": try each in turn; the first to answer is the result.
+            cause = "NO_ANSWER"
+            for part in sequential:
+                leg, cause = await self.originate_leg(part, **options)
+                if leg is not None:
+                    return leg, ""
+            return None, cause
+        simultaneous = split_top_level(target, ",")
+        if len(simultaneous) > 1:
+            return await self._originate_simultaneous(simultaneous, options)
         for name in ("leg_timeout", "originate_timeout"):
             if variables.get(name, "").isdigit():
                 timeout = float(variables[name])
@@ -494,7 +578,7 @@ class FreeSwitchSimulator:
             return None, target[len("error/") :].upper()
         if target.startswith("loopback/"):
             return await self._originate_loopback(
-                target, variables, leg_uuid, cid_name, cid_number, timeout, after_answer
+                target, variables, leg_uuid, cid_name, cid_number, timeout, after_answer, created
             )
         endpoint = self.endpoints.get(target)
         if endpoint is None:
@@ -519,6 +603,8 @@ class FreeSwitchSimulator:
             self.calls.append(leg)
         else:
             leg.other, leg.other_type = originator, "originator"
+        if created is not None:
+            created(leg)
         self.stats["originated"] += 1
         self._new_session(leg)
         result: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -551,6 +637,42 @@ class FreeSwitchSimulator:
         cause = await asyncio.shield(result)
         return (None, cause) if cause else (leg, "")
 
+    async def _originate_simultaneous(
+        self, parts: list[str], options: dict[str, Any]
+    ) -> tuple[Channel | None, str]:
+        """ "a,b": ring every leg; the first to answer wins, the others are hung up
+        with LOSE_RACE (what FreeSWITCH's originate does)."""
+        after_answer = options["after_answer"]
+        winner: list[Channel] = []
+        legs: list[Channel] = []
+
+        async def claim(leg: Channel) -> None:
+            if winner:
+                leg.hangup("LOSE_RACE")
+                return
+            winner.append(leg)
+            for other in legs:
+                if other is not leg and not other.hungup:
+                    other.hangup("LOSE_RACE")
+            if after_answer is not None:
+                await after_answer(leg)
+            else:
+                await leg.serve_messages(asyncio.Event())
+
+        def track(channel: Channel) -> None:
+            legs.append(channel)
+
+        attempts = [
+            asyncio.ensure_future(
+                self.originate_leg(part, **{**options, "after_answer": claim}, created=track)
+            )
+            for part in parts
+        ]
+        results = await asyncio.gather(*attempts)
+        if winner:
+            return winner[0], ""
+        return None, results[-1][1] if results else "NO_ANSWER"
+
     async def _far_end(self, leg: Channel, endpoint: Endpoint) -> None:
         with contextlib.suppress(Hangup):
             await leg.sleep(0)
@@ -579,7 +701,8 @@ class FreeSwitchSimulator:
         cid_name: str,
         cid_number: str,
         timeout: float,
-        after_answer: Any,
+        after_answer: AfterAnswer | None,
+        created: Callable[[Channel], None] | None,
     ) -> tuple[Channel | None, str]:
         """mod_loopback: an outbound ``-a`` leg and an inbound ``-b`` leg that runs the
         dialplan; answering, hanging up and DTMF cross from one half to the other."""
@@ -613,6 +736,8 @@ class FreeSwitchSimulator:
             },
         )
         a.peer, b.peer = b, a
+        if created is not None:
+            created(a)
         b.variables["other_loopback_leg_uuid"] = a.uuid
         b.variables["loopback_leg"] = "B"
         self.calls.append(a)
