@@ -201,7 +201,8 @@ class Inbound(Protocol):
                 loop.create_connection(lambda: self, self.host, self.port), self.timeout
             )
         except asyncio.TimeoutError as exc:
-            raise ConnectionTimeoutError(f"connecting to {where} timed out ({self.timeout}s)") from exc
+            raise ConnectionTimeoutError(
+                f"connecting to {where} timed out ({self.timeout}s)") from exc
         except OSError as exc:
             raise ConnectionError(f"cannot connect to {where}: {exc.strerror or exc}") from exc
         stage = "waiting for auth/request"
@@ -226,9 +227,10 @@ class Inbound(Protocol):
 
     async def _restore_ledger(self) -> None:
         for frame in self._ledger_frames():
-            reply = await self._request(frame, commands.verb(frame.decode()), self.timeout, early=True)
+            text = frame.decode().strip()
+            reply = await self._request(frame, commands.verb(text), self.timeout, early=True)
             if not is_ok(reply):
-                logger.warning("could not restore %r: %s", frame.decode().strip(), _reply_text(reply))
+                logger.warning("could not restore %r: %s", text, _reply_text(reply))
 
     def _abort(self) -> None:
         if self._transport is not None:
@@ -271,7 +273,8 @@ class Inbound(Protocol):
         if self._stopping or not was_ready:
             return
         if self.reconnect:
-            logger.warning("connection to %s:%s lost (%s); reconnecting", self.host, self.port, reason)
+            logger.warning("connection to %s:%s lost (%s); reconnecting",
+                           self.host, self.port, reason)
             self._reconnector = asyncio.get_running_loop().create_task(self._reconnect(reason))
         else:
             logger.error("connection to %s:%s lost (%s)", self.host, self.port, reason)
@@ -305,8 +308,8 @@ class Inbound(Protocol):
             self._reconnector = None
             gap = Gap(lost_at, time.time(), attempts, reason)
             self.gaps.append(gap)
-            logger.warning("reconnected to %s:%s after %.3fs (%d attempts); events in the gap are lost",
-                           self.host, self.port, gap.duration, attempts)
+            logger.warning("reconnected to %s:%s after %.3fs (%d attempts); events in the gap"
+                           " are lost", self.host, self.port, gap.duration, attempts)
             self._report_gap(gap)
             return
 

@@ -19,6 +19,7 @@ import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "freeswitch-1.10.12"
 
@@ -105,8 +106,8 @@ class Connection(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses: cast, never assert.
+        self.transport = cast(asyncio.Transport, transport)
         self.server.connections.append(self)
         if self.server.send_auth_request:
             transport.write(AUTH_REQUEST)
@@ -176,7 +177,8 @@ class Connection(asyncio.Protocol):
             elif cmd == "echo":
                 self.write(api_response(api_arg))
             else:
-                self.write(api_response(self.server.api.get(arg, f"-ERR {cmd} Command not found!\n")))
+                missing = f"-ERR {cmd} Command not found!\n"
+                self.write(api_response(self.server.api.get(arg, missing)))
         elif word == "bgapi":
             job = re.search(r"(?m)^Job-UUID: (.*)$", rest)
             job_uuid = job.group(1) if job else "00000000-0000-0000-0000-000000000000"
@@ -282,8 +284,8 @@ class FakeCall(asyncio.Protocol):
         self.complete_executes = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses: cast, never assert.
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():

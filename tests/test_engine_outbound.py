@@ -58,7 +58,8 @@ async def test_handshake_context_and_blocking_execute() -> None:
     assert complete.name == "CHANNEL_EXECUTE_COMPLETE" and complete["Application"] == "answer"
     assert seen["lingering"] is True
     handshake = fake.received[:4]
-    assert handshake == ["connect", f"filter Unique-ID {OUTBOUND_UUID}", "event plain ALL", "linger"]
+    assert handshake == [
+        "connect", f"filter Unique-ID {OUTBOUND_UUID}", "event plain ALL", "linger"]
     answer = fake.received[4].split("\n")
     assert answer[:4] == ["sendmsg", "call-command: execute", "execute-app-name: answer",
                           answer[3]]

@@ -181,11 +181,11 @@ class Protocol(asyncio.Protocol):
                 name = message.name
                 if name in _INTERNAL:
                     self._internal_event(message, name)
-                if spans is not None and spans.take():
+                if spans is not None and spans.take():  # one bound call, only when tracing
                     self._traced_dispatch(spans.start(message), message, name)
                 else:
                     dispatch(message, name)
-            elif kind == KIND_COMMAND_REPLY or kind == KIND_API_RESPONSE:
+            elif kind in (KIND_COMMAND_REPLY, KIND_API_RESPONSE):
                 self._reply(message)
             elif kind == KIND_AUTH_REQUEST:
                 self._auth_request()

@@ -104,7 +104,7 @@ class Dispatcher:
         if self.channels:
             uuid = event.get("Unique-ID")
             if uuid is not None:
-                table = self.channels.get(uuid)  # type: ignore[call-overload]
+                table = self.channels.get(uuid)
                 if table is not None:
                     if name is not None:
                         found = table.get(name)

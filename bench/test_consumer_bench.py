@@ -1,0 +1,246 @@
+"""End-to-end events/s of a Consumer against an ESL blaster, next to a raw-socket floor.
+
+The blaster (a separate process, so it does not share the client's CPU time slice or
+loop) answers ``auth`` and the ``event`` subscription like FreeSWITCH, then writes the
+event frames of plain.bin, repeated, as fast as the socket takes them. Each round opens a
+new connection and ends when the client has seen every event.
+
+- floor: a raw asyncio.Protocol on uvloop that only splits frames with ``bytes.find``;
+- consumer: genesis Consumer whose handler reads Event-Name and Unique-ID;
+- consumer_traced_1pct / consumer_traced_100pct: the same with the OTel SDK configured
+  (TracerProvider, a processor that drops spans) and GENESIS_EVENT_SPAN_RATIO 0.01 / 1.0.
+
+Targets: consumer >= 40% of the floor (asserted in test_consumer); 1% traced >= 85% of
+untraced, asserted with a 9-header GENESIS_EVENT_SPAN_HEADERS allowlist (with every header
+flattened, ~75 attributes per span, the 1% figure is printed but not asserted).
+Figures (events/s, peak RSS) land in each bench's ``extra_info``.
+Run: ``.venv/bin/python -m pytest bench/test_consumer_bench.py --benchmark-only -s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import resource
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import uvloop
+
+import genesis
+from genesis import tracing
+from genesis.consumer import Consumer
+from genesis.protocol.parser import ESLEvent
+
+CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "freeswitch-1.10.12"
+REPEAT = 20
+ROUNDS = 5
+RESULTS: dict[str, float] = {}
+# GENESIS_EVENT_SPAN_HEADERS for the allowlist variant: what a dashboard typically keys on.
+ALLOWLIST = ["Channel-State", "Channel-Call-State", "Answer-State", "Call-Direction",
+             "Hangup-Cause", "Caller-Caller-ID-Number", "Caller-Destination-Number",
+             "Application", "Job-UUID"]
+
+
+def event_frames() -> list[bytes]:
+    """The text/event-plain frames of plain.bin, cut by their Content-Length."""
+    data = (CORPUS / "plain.bin").read_bytes()
+    frames = []
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\n\n", pos)
+        head = data[pos:end]
+        length = 0
+        for line in head.split(b"\n"):
+            if line.startswith(b"Content-Length: "):
+                length = int(line[16:])
+        stop = end + 2 + length
+        if b"Content-Type: text/event-plain" in head:
+            frames.append(data[pos:stop])
+        pos = stop
+    return frames
+
+
+def _blaster(listener: socket.socket, block: bytes) -> None:
+    """Serve connections one after another: auth, event subscription, then the block."""
+    while True:
+        conn, _ = listener.accept()
+        try:
+            _serve_one(conn, block)
+        except OSError:
+            pass  # a client that went away mid-round: serve the next one
+        finally:
+            conn.close()
+
+
+def _serve_one(conn: socket.socket, block: bytes) -> None:
+    conn.sendall(b"Content-Type: auth/request\n\n")
+    buf = b""
+    answered = 0
+    while answered < 2:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+        while b"\n\n" in buf and answered < 2:
+            _cmd, buf = buf.split(b"\n\n", 1)
+            text = (b"+OK accepted" if answered == 0
+                    else b"+OK event listener enabled plain")
+            conn.sendall(b"Content-Type: command/reply\nReply-Text: " + text + b"\n\n")
+            answered += 1
+    if answered < 2:
+        return
+    conn.sendall(block)
+    while conn.recv(65536):  # hold the connection until the client closes it
+        pass
+
+
+@pytest.fixture(scope="module")
+def blaster() -> Iterator[tuple[int, int]]:
+    frames = event_frames()
+    block = b"".join(frames) * REPEAT
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    ctx = multiprocessing.get_context("fork")
+    proc = ctx.Process(target=_blaster, args=(listener, block), daemon=True)
+    proc.start()
+    listener.close()
+    yield port, len(frames) * REPEAT
+    proc.terminate()
+    proc.join(5)
+
+
+class Floor(asyncio.Protocol):
+    """Splits frames with bytes.find and counts them: the cost of just reading."""
+
+    def __init__(self, expected: int, done: asyncio.Future[None]) -> None:
+        self.buf = bytearray()
+        self.frames = 0
+        self.expected = expected
+        self.done = done
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        cast(asyncio.Transport, transport).write(b"auth ClueCon\n\nevent plain ALL\n\n")
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        pos = 0
+        size = len(buf)
+        while True:
+            end = buf.find(b"\n\n", pos)
+            if end < 0:
+                break
+            stop = end + 2
+            at = buf.find(b"Content-Length: ", pos, end)
+            if at >= 0:
+                stop += int(buf[at + 16:buf.find(b"\n", at, end + 1)])
+            if stop > size:
+                break
+            self.frames += 1
+            pos = stop
+        del buf[:pos]
+        if self.frames >= self.expected and not self.done.done():
+            self.done.set_result(None)
+
+
+def run_floor(port: int, events: int) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        transport, _ = await loop.create_connection(
+            lambda: Floor(events + 3, done), "127.0.0.1", port)  # + auth/request, 2 replies
+        await asyncio.wait_for(done, 60)
+        transport.close()
+
+    uvloop.run(main())
+
+
+def run_consumer(port: int, events: int) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        app = Consumer("127.0.0.1", port, reconnect=False)
+        count = 0
+
+        @app.handle("*")
+        def handler(event: ESLEvent) -> None:
+            nonlocal count
+            event.get("Event-Name")
+            event.get("Unique-ID")
+            count += 1
+            if count == events:
+                done.set_result(None)
+
+        runner = asyncio.ensure_future(app.start())
+        await asyncio.wait_for(done, 60)
+        await app.stop()
+        await runner
+
+    uvloop.run(main())
+
+
+def measure(benchmark: Any, key: str, run: Callable[[int, int], None],
+            blaster: tuple[int, int]) -> None:
+    port, events = blaster
+    benchmark.pedantic(run, args=(port, events), rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    rate = events / benchmark.stats.stats.median
+    RESULTS[key] = rate
+    benchmark.extra_info["events_per_round"] = events
+    benchmark.extra_info["events_per_s"] = round(rate)
+    benchmark.extra_info["peak_rss_mib"] = round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    benchmark.extra_info["parser"] = genesis.parser_implementation()
+    print(f"\n{key}: {rate:,.0f} events/s (parser {genesis.parser_implementation()}, "
+          f"peak RSS {benchmark.extra_info['peak_rss_mib']} MiB)")
+
+
+@pytest.fixture
+def sdk(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+
+    provider = TracerProvider()
+    provider.add_span_processor(SpanProcessor())  # receives every span, exports nothing
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    yield
+    tracing.configure(from_environment=True)
+
+
+def test_floor(benchmark: Any, blaster: tuple[int, int]) -> None:
+    measure(benchmark, "floor", run_floor, blaster)
+
+
+def test_consumer(benchmark: Any, blaster: tuple[int, int]) -> None:
+    assert tracing.event_spans() is None
+    measure(benchmark, "consumer", run_consumer, blaster)
+    if "floor" in RESULTS:
+        ratio = RESULTS["consumer"] / RESULTS["floor"]
+        print(f"consumer/floor = {ratio:.0%}")
+        assert ratio >= 0.40
+
+
+def test_consumer_traced_1pct(benchmark: Any, blaster: tuple[int, int], sdk: None) -> None:
+    tracing.configure(event_span_ratio=0.01)
+    measure(benchmark, "traced_1pct", run_consumer, blaster)
+
+
+def test_consumer_traced_1pct_allowlist(
+    benchmark: Any, blaster: tuple[int, int], sdk: None
+) -> None:
+    tracing.configure(event_span_ratio=0.01, event_span_headers=ALLOWLIST)
+    measure(benchmark, "traced_1pct_allowlist", run_consumer, blaster)
+    ratio = RESULTS["traced_1pct_allowlist"] / RESULTS["consumer"]
+    print(f"traced 1% (allowlist)/untraced = {ratio:.0%}; "
+          f"traced 1% (all headers)/untraced = {RESULTS['traced_1pct'] / RESULTS['consumer']:.0%}")
+    assert ratio >= 0.85
+
+
+def test_consumer_traced_100pct(benchmark: Any, blaster: tuple[int, int], sdk: None) -> None:
+    tracing.configure(event_span_ratio=1.0)
+    measure(benchmark, "traced_100pct", run_consumer, blaster)
