@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from test_simulator_support import Esl
 
 from genesis.testing import FreeSwitchSimulator
@@ -292,4 +293,23 @@ async def test_json_body_and_uuid_dump_json(freeswitch: FreeSwitchSimulator) -> 
     dump = json.loads(await client.api(f"uuid_dump {uuid} json"))
     assert dump["Unique-ID"] == uuid and dump["Answer-State"] == "answered"
     await hangup_all(freeswitch)
+    await client.close()
+
+
+async def test_unreadable_command_is_a_reported_disconnect(
+    freeswitch: FreeSwitchSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await Esl.open(freeswitch)
+    client.write(b"sendevent CUSTOM\nContent-Length: lots\n\n")
+    await client.closed()
+    assert client.frames[-1].content_type == "text/disconnect-notice"
+    assert "unreadable command" in caplog.text and "ClueCon" not in caplog.text
+
+
+async def test_resume_and_divert_off(freeswitch: FreeSwitchSimulator) -> None:
+    client = await Esl.open(freeswitch)
+    assert (await client.send("resume"))["Reply-Text"] == "+OK"
+    assert (await client.send("divert_events off"))["Reply-Text"] == "+OK events not diverted"
+    assert (await client.send("filter delete all"))["Reply-Text"] == "+OK filter deleted."
+    assert (await client.send("filter onlyheader"))["Reply-Text"] == "-ERR invalid syntax"
     await client.close()

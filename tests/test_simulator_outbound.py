@@ -262,3 +262,59 @@ async def test_inbound_sendmsg_to_outbound_channel(
     await control.api(f"uuid_kill {call.uuid}")
     await session.closed()
     await control.close()
+
+
+async def test_linger_seconds_then_disconnect(freeswitch: FreeSwitchSimulator, app: App) -> None:
+    freeswitch.route("5000", socket=f"127.0.0.1:{app.port} async full")
+    call = await freeswitch.place_call(destination="5000")
+    session = await app.session()
+    await session.send("connect")
+    await session.send("myevents")
+    assert (await session.send("linger 1"))["Reply-Text"] == "+OK will linger 1 seconds"
+    started = time.monotonic()
+    await session.send("sendmsg", {"call-command": "hangup"})
+    await session.event("CHANNEL_HANGUP_COMPLETE")
+    await session.closed(timeout=5)
+    assert time.monotonic() - started >= 1.0
+    dispositions = [
+        f.get("Content-Disposition")
+        for f in session.frames
+        if f.content_type == "text/disconnect-notice"
+    ]
+    assert dispositions == ["linger", "disconnect"]
+    await asyncio.wait_for(call.done, 5)
+
+
+async def test_place_call_without_route(freeswitch: FreeSwitchSimulator) -> None:
+    call = await freeswitch.place_call(destination="9999")
+    await asyncio.wait_for(call.done, 5)
+    assert call.hangup_cause == "NO_ROUTE_DESTINATION"
+    assert call.applications == []
+
+
+async def test_application_leaving_hangs_up_unless_resume(
+    freeswitch: FreeSwitchSimulator, app: App
+) -> None:
+    """Without ``resume`` the call ends with the application's connection, even from a
+    park the application started; with it, the dialplan goes on after ``socket``."""
+    freeswitch.route("5000", socket=f"127.0.0.1:{app.port} async full")
+    freeswitch.route("5001", apps=[("socket", f"127.0.0.1:{app.port} async full"), "set after=1"])
+    call = await freeswitch.place_call(destination="5000")
+    session = await app.session()
+    await session.send("connect")
+    await session.send("myevents")
+    await session.send("sendmsg", sendmsg("park"))
+    await session.event("CHANNEL_EXECUTE")
+    await session.close()
+    await asyncio.wait_for(call.done, 5)
+    assert call.hangup_cause == "NORMAL_CLEARING"
+
+    call = await freeswitch.place_call(destination="5001")
+    session = await app.session()
+    await session.send("connect")
+    assert (await session.send("resume"))["Reply-Text"] == "+OK"
+    await session.send("sendmsg", sendmsg("park"))
+    await session.close()
+    await asyncio.wait_for(call.done, 5)
+    assert call.variables["after"] == "1"
+    assert call.applications == ["socket", "park", "set"]

@@ -285,7 +285,7 @@ class Channel:
         self._dtmf_arrived = asyncio.Event()
         self._messages: asyncio.Queue[Message | None] = asyncio.Queue()
         self._hungup = asyncio.Event()
-        self._unpark: asyncio.Event | None = None
+        self._parks: list[asyncio.Event] = []  # nested park loops, innermost last
         self._takeover: Callable[[], Awaitable[None]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._answered = asyncio.Event()
@@ -571,11 +571,12 @@ class Channel:
         """
         if fire_events:
             self.fire("CHANNEL_PARK")
-        self._unpark = asyncio.Event()
+        unpark = asyncio.Event()
+        self._parks.append(unpark)
         try:
-            await self.serve_messages(self._unpark)
+            await self.serve_messages(unpark)
         finally:
-            self._unpark = None
+            self._parks.remove(unpark)
             if fire_events:
                 self.fire("CHANNEL_UNPARK")
 
@@ -596,11 +597,12 @@ class Channel:
                 if message is not None:
                     await self.execute(message)
 
-    def unpark(self) -> None:
-        """End the park loop (the outbound application disconnected, uuid_transfer...)."""
-        if self._unpark is not None:
-            self._unpark.set()
-            self._messages.put_nowait(None)
+    def unpark(self, *, every: bool = False) -> None:
+        """End the innermost park loop (or ``every`` one): uuid_bridge, an outbound
+        application that leaves after ``resume``..."""
+        for unpark in self._parks if every else self._parks[-1:]:
+            unpark.set()
+        self._messages.put_nowait(None)
 
     async def wait_answered(self, timeout: float | None = None) -> bool:
         """Wait until answered (True), hung up or ``timeout`` elapsed (False)."""

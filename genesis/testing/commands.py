@@ -249,6 +249,7 @@ class Commands:
         await listener.send_reply(reply("+OK no longer logging"))
 
     async def cmd_resume(self, listener: Listener, rest: str, frame: CommandFrame) -> None:
+        listener.resume = True
         await listener.send_reply(reply("+OK"))
 
     async def cmd_getvar(self, listener: Listener, rest: str, frame: CommandFrame) -> None:
@@ -282,6 +283,7 @@ class Commands:
             await listener.send_reply(reply(f"-ERR invalid session id [{target_uuid}]"))
             return
         command = frame_command(frame)
+        listener.subscribed.set()  # an outbound socket that acts is ready to be parked
         headers = {k.lower(): v for k, v in frame.headers.items()}
         if command == "execute":
             app = headers.get("execute-app-name", "")

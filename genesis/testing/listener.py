@@ -171,6 +171,7 @@ class Listener:
         self.filters: list[Filter] = []
         self.log_level: int | None = None
         self.linger: float | None = None
+        self.resume = False
         self.closed = False
         #: outbound: the channel is gone or hung up without linger, its events stop here.
         self.detached = False

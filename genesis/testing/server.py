@@ -293,8 +293,14 @@ class FreeSwitchSimulator:
 
     def listener_gone(self, listener: Listener) -> None:
         self.listeners.discard(listener)
-        if listener.channel is not None:
-            listener.channel.unpark()
+        channel = listener.channel
+        if channel is not None and not channel.hungup:
+            # An outbound application that leaves hangs its call up, unless it said
+            # ``resume``: then the dialplan goes on after the socket application.
+            if listener.resume:
+                channel.unpark(every=True)
+            else:
+                channel.hangup("NORMAL_CLEARING")
 
     def wants(self, name: str) -> bool:
         """True when some connection could receive an event called ``name``: events
