@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 from collections.abc import AsyncIterator
@@ -213,10 +214,31 @@ async def test_connection_refused_is_wrapped() -> None:
 
 
 async def test_connect_timeout() -> None:
-    # A listening socket whose backlog is full does not complete new handshakes.
-    client = Inbound("10.255.255.1", 8021, timeout=0.2)
-    with pytest.raises((ConnectionTimeoutError, ConnectionError)):
-        await asyncio.wait_for(client.start(), 3)
+    # A loopback listener that never accepts, with its one-slot backlog taken: the kernel
+    # drops further SYNs, so the client's handshake can only time out.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers: list[socket.socket] = []
+    try:
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        await asyncio.sleep(0.05)
+        client = Inbound("127.0.0.1", port, timeout=0.3)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(ConnectionTimeoutError, match="connecting to"):
+            await asyncio.wait_for(client.start(), 3)
+        assert loop.time() - started < 1.5
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
 
 
 async def test_unconnected_and_restartable(server: ESLServer) -> None:
