@@ -246,3 +246,16 @@ async def test_originate_sequential_and_all_failing(client: Esl) -> None:
     causes = [e["Hangup-Cause"] for e in client.events if e.name == "CHANNEL_HANGUP"]
     assert causes == ["USER_BUSY", "CALL_REJECTED"]
     assert await client.api("originate user/1002,user/1004 &park()") == "-ERR CALL_REJECTED\n"
+
+
+async def test_return_ring_ready(freeswitch: FreeSwitchSimulator, client: Esl) -> None:
+    """With return_ring_ready originate answers at the first ring; the leg runs its
+    application while still ringing and answers later."""
+    freeswitch.endpoint("user/3001", answer_after=0.3)
+    started = time.monotonic()
+    reply = await client.api("originate {return_ring_ready=true}user/3001 &park()")
+    assert time.monotonic() - started < 0.3
+    uuid = reply.split()[1]
+    assert freeswitch.channels[uuid].answer_state == "ringing"
+    await client.event("CHANNEL_PARK", Unique_ID=uuid)
+    await client.event("CHANNEL_ANSWER", Unique_ID=uuid)

@@ -289,6 +289,7 @@ class Channel:
         self._takeover: Callable[[], Awaitable[None]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._answered = asyncio.Event()
+        self._progress = asyncio.Event()  # ringing, early media or answered
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.listeners: list[Callable[[Channel], None]] = []
         #: variables ``export`` set: they are copied onto legs this channel bridges to.
@@ -372,6 +373,7 @@ class Channel:
         if self.profile.times.get("Channel-Progress-Time") or self.answer_state != "ringing":
             return
         self.profile.times["Channel-Progress-Time"] = now_us()
+        self._progress.set()
         self.fire("CHANNEL_PROGRESS")
         if self.call_state != "RINGING":
             self.set_call_state("RINGING")
@@ -380,6 +382,7 @@ class Channel:
         if self.answer_state in ("early", "answered"):
             return
         self.profile.times["Channel-Progress-Media-Time"] = now_us()
+        self._progress.set()
         self.answer_state = "early"
         self.fire("CHANNEL_PROGRESS_MEDIA")
         self.set_call_state("EARLY")
@@ -390,6 +393,7 @@ class Channel:
         self.profile.times["Channel-Answered-Time"] = now_us()
         self.answer_state = "answered"
         self._answered.set()
+        self._progress.set()
         self.fire("CHANNEL_ANSWER")
         self.set_call_state("ACTIVE")
         if self.peer is not None and not self.peer.answered:
@@ -604,11 +608,13 @@ class Channel:
             unpark.set()
         self._messages.put_nowait(None)
 
-    async def wait_answered(self, timeout: float | None = None) -> bool:
-        """Wait until answered (True), hung up or ``timeout`` elapsed (False)."""
-        if not self.answered and not self.hungup:
-            await self._wait_any(self._answered, timeout)
-        return self.answered and not self.hungup
+    async def wait_answered(self, timeout: float | None = None, *, ringing: bool = False) -> bool:
+        """Wait until answered (or, with ``ringing``, ringing) (True), hung up or
+        ``timeout`` elapsed (False)."""
+        target = self._progress if ringing else self._answered
+        if not target.is_set() and not self.hungup:
+            await self._wait_any(target, timeout)
+        return target.is_set() and not self.hungup
 
     def fire_codecs(self, unique_id: str, name: str) -> None:
         """The two CODEC events a new media channel fires, before it has a profile."""

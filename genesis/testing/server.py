@@ -624,12 +624,15 @@ class FreeSwitchSimulator:
                 leg.set_state("CS_ROUTING")
                 leg.set_state("CS_CONSUME_MEDIA")
                 self.spawn(self._far_end(leg, endpoint))
-                if not await leg.wait_answered(timeout):
+                # return_ring_ready: originate succeeds as soon as the leg rings, and the
+                # leg runs its application while still ringing.
+                ring_ready = variables.get("return_ring_ready", "").lower() == "true"
+                if not await leg.wait_answered(timeout, ringing=ring_ready):
                     if not leg.hungup:
                         leg.hangup("NO_ANSWER")
                     result.set_result(leg.hangup_cause or "NORMAL_CLEARING")
                     return
-                leg.variables["endpoint_disposition"] = "ANSWER"
+                leg.variables["endpoint_disposition"] = "ANSWER" if leg.answered else "RING_READY"
                 result.set_result("")
                 if after_answer is not None:
                     await after_answer(leg)
