@@ -273,7 +273,7 @@ class Listener:
                     if faults.cut_next_frame:
                         faults.cut_next_frame = False
                         self.writer.write(batch[0][: max(1, len(batch[0]) // 2)])
-                        self.abort()
+                        self.abort(flush=True)
                         return
                     self.writer.write(b"".join(batch))
                     await self.writer.drain()
@@ -291,13 +291,17 @@ class Listener:
         while not self._drained.is_set() and not self.closed:
             await self._drained.wait()
 
-    def abort(self) -> None:
+    def abort(self, *, flush: bool = False) -> None:
+        """Close now, dropping what is unsent (``flush``: after what is written)."""
         if self.closed:
             return
         self.closed = True
         self._wake.set()
         self._drained.set()
-        self.writer.close()
+        if flush:
+            self.writer.close()
+        else:
+            self.writer.transport.abort()
 
     async def close(self, notice: bytes | None = None) -> None:
         """Write ``notice`` after everything queued, then close the socket."""

@@ -226,6 +226,7 @@ class FreeSwitchSimulator:
         self.default_endpoint = Endpoint("*")
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._serving: set[asyncio.Task[Any]] = set()
         self._listening = 0
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -248,6 +249,10 @@ class FreeSwitchSimulator:
             self._server.close()
         for listener in list(self.listeners):
             listener.abort()
+        if self._serving:
+            # Closed sockets end their connection handlers; waiting (not cancelling)
+            # lets asyncio's stream callbacks see them finish cleanly.
+            await asyncio.wait(set(self._serving), timeout=2.0)
         for channel in list(self.channels.values()):
             await channel.cancel()
         for task in list(self._tasks):
@@ -289,7 +294,14 @@ class FreeSwitchSimulator:
                 return
         listener = Listener(self, reader, writer)
         self.listeners.add(listener)
-        await listener.serve()
+        task = asyncio.current_task()
+        if task is not None:
+            self._serving.add(task)
+        try:
+            await listener.serve()
+        finally:
+            if task is not None:
+                self._serving.discard(task)
 
     def listener_gone(self, listener: Listener) -> None:
         self.listeners.discard(listener)
