@@ -35,12 +35,24 @@ Destinations (``originate``, ``bridge``):
 - anything else: ``fs.default_endpoint`` (answers at once unless changed).
 
 Dial strings take ``{var=value,...}`` and ``[var=value]`` prefixes; ``origination_uuid``,
-``origination_caller_id_name/number``, ``originate_timeout`` and ``leg_timeout`` are
-honoured. Originate's default timeout is 60 s, as in FreeSWITCH: give
-``{originate_timeout=1}`` to make NO_ANSWER fast in a test.
+``origination_caller_id_name/number``, ``originate_timeout``, ``leg_timeout`` and
+``return_ring_ready`` are honoured. ``a,b`` rings destinations together (the first to
+answer wins, the others hang up with LOSE_RACE), ``a|b`` one after the other.
+Originate's default timeout is 60 s, as in FreeSWITCH: give ``{originate_timeout=1}`` to
+make NO_ANSWER fast in a test.
+
+Outbound mode: a route with ``socket="host:port [async] [full]"`` connects the call to
+the application, which must send ``connect`` first (the reply is the channel's data, as
+FreeSWITCH sends it). ``async`` parks the call while the application drives it (the park
+starts once it subscribes or acts); without it each ``sendmsg`` execute runs inline and
+its reply waits for the end. Without ``full``, ``api``, ``bgapi``, ``event``, ``linger``,
+``log`` and ``sendevent`` are refused. When the call hangs up the application gets the
+disconnect notice (after the linger notice and the last events when it asked for
+``linger``); when the application leaves, the call is hung up unless it sent ``resume``.
 
 Timing knobs, all short by default so tests stay fast: ``fs.playback_seconds`` (every
 playback; default 0.2 s), ``fs.file_durations[path] = seconds`` (one file),
+``fs.teardown_seconds`` (from CHANNEL_HANGUP to the teardown events; 0.05 s),
 ``FreeSwitchSimulator(heartbeat=...)`` (HEARTBEAT interval, default 20 s),
 ``auth_timeout`` (25 s).
 

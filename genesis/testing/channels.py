@@ -432,12 +432,6 @@ class Channel:
         finally:
             self._teardown()
 
-    def route_and_execute(self) -> None:
-        """CS_ROUTING then CS_EXECUTE: the dialplan was found."""
-        self.set_state("CS_ROUTING")
-        self.hit_dialplan = True
-        self.set_state("CS_EXECUTE")
-
     async def run_dialplan(self, apps: list[tuple[str, str]]) -> None:
         """Run dialplan applications in order, handling queued messages between them."""
         for app, arg in apps:
