@@ -259,3 +259,19 @@ async def test_return_ring_ready(freeswitch: FreeSwitchSimulator, client: Esl) -
     assert freeswitch.channels[uuid].answer_state == "ringing"
     await client.event("CHANNEL_PARK", Unique_ID=uuid)
     await client.event("CHANNEL_ANSWER", Unique_ID=uuid)
+
+
+async def test_failing_api_and_application_are_reported(
+    freeswitch: FreeSwitchSimulator, client: Esl, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(fs: FreeSwitchSimulator, args: str) -> str:
+        raise RuntimeError("boom")
+
+    freeswitch.apis.register("broken", broken)
+    assert await client.api("broken now") == "-ERR broken: boom\n"
+    freeswitch.route("6000", socket="127.0.0.1:notaport async full")
+    call = await freeswitch.place_call("6000")
+    await asyncio.wait_for(call.done, 5)
+    assert call.hangup_cause == "NORMAL_TEMPORARY_FAILURE"
+    assert freeswitch.stats["application_errors"] == 1
+    assert "api broken failed" in caplog.text and "application failed" in caplog.text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from genesis.testing.server import FreeSwitchSimulator
 
 Api = Callable[["FreeSwitchSimulator", str], Awaitable[str]]
+
+logger = logging.getLogger("genesis.testing")
 
 NO_CHANNEL = "-ERR No such channel!\n"
 
@@ -167,7 +170,11 @@ class Apis:
         api = self.table.get(command)
         if api is None:
             return f"-ERR {command} Command not found!\n"
-        return await api(self.sim, args)
+        try:
+            return await api(self.sim, args)
+        except Exception as exc:
+            logger.exception("api %s failed", command)
+            return f"-ERR {command}: {exc}\n"
 
 
 async def _status(sim: FreeSwitchSimulator, args: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
 import uuid as uuidlib
@@ -26,6 +27,8 @@ from genesis.testing.events import Headers
 
 if TYPE_CHECKING:
     from genesis.testing.server import FreeSwitchSimulator
+
+logger = logging.getLogger("genesis.testing")
 
 STATE_NUMBERS = {
     "CS_NEW": 0,
@@ -429,6 +432,13 @@ class Channel:
         except asyncio.CancelledError:
             if not self.hungup:
                 self.hangup("MANAGER_REQUEST")
+        except Exception:
+            # A broken application (a custom one, a bad argument) must not leave the
+            # call hanging silently: it is logged and the call fails.
+            logger.exception("channel %s: application failed", self.uuid)
+            self.sim.stats["application_errors"] += 1
+            if not self.hungup:
+                self.hangup("NORMAL_TEMPORARY_FAILURE")
         finally:
             self._teardown()
 

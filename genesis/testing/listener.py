@@ -358,6 +358,9 @@ class Listener:
                 await self.sim.commands.run(self, frame)
         except (ConnectionError, OSError):
             pass
+        except Exception:
+            logger.exception("closing %s: command failed", self.peer)
+            await self.close(self.disconnect_notice())
         finally:
             self.abort()
             if self._writer_task is not None:
