@@ -83,6 +83,8 @@ class Identity:
         self._sequence = itertools.count(1)
         self.sessions_since_startup = 0
         self.session_peak = 0
+        self._date_second = -1
+        self._dates = ("", "")
 
     def next_sequence(self) -> int:
         return next(self._sequence)
@@ -90,6 +92,15 @@ class Identity:
     def common(self, name: str, *, calling: tuple[str, str, str] | None = None) -> Headers:
         """The 13 headers FreeSWITCH puts first on every event, in its order."""
         now = time.time()
+        second = int(now)
+        if second != self._date_second:
+            # Formatting the date twice per event is measurable under load; it changes
+            # once a second.
+            self._date_second = second
+            self._dates = (
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)),
+                time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(second)),
+            )
         file, func, line = calling or CALLING.get(name, _UNKNOWN_CALLER)
         return {
             "Event-Name": name,
@@ -98,8 +109,8 @@ class Identity:
             "FreeSWITCH-Switchname": self.hostname,
             "FreeSWITCH-IPv4": self.ipv4,
             "FreeSWITCH-IPv6": self.ipv6,
-            "Event-Date-Local": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)),
-            "Event-Date-GMT": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)),
+            "Event-Date-Local": self._dates[0],
+            "Event-Date-GMT": self._dates[1],
             "Event-Date-Timestamp": str(int(now * 1_000_000)),
             "Event-Calling-File": file,
             "Event-Calling-Function": func,
