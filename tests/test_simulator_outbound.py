@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from test_simulator_fidelity import header_sets
 from test_simulator_support import Esl
 
 from genesis.outbound import Outbound, Session
@@ -89,6 +90,13 @@ async def test_outbound_capture_replayed(
         return events, others
 
     assert shape(session.frames) == shape(real)
+    # Each event type carries the capture's header names (variables: a subset).
+    real_sets = header_sets([f for f in real if f.kind == KIND_EVENT])
+    for name, (variants, variables) in header_sets(session.events).items():
+        for variant in variants:
+            closest = min(real_sets[name][0], key=lambda v: len(v ^ variant))
+            assert variant in real_sets[name][0], (name, variant - closest, closest - variant)
+        assert variables <= real_sets[name][1], (name, variables - real_sets[name][1])
     # The connect reply: one header block, CHANNEL_DATA first, the socket facts last.
     assert connect.content_type == "command/reply"
     assert next(iter(connect.keys())) == "Event-Name" and connect["Event-Name"] == "CHANNEL_DATA"

@@ -478,9 +478,12 @@ class Channel:
                 if self.hungup and app != "hangup":
                     break
                 self.applications.append(app)
+                self.variables.pop("current_application_response", None)
                 self.variables["current_application"] = app
                 if message.arg:
                     self.variables["current_application_data"] = message.arg
+                else:
+                    self.variables.pop("current_application_data", None)
                 self.fire("CHANNEL_EXECUTE", post=self._app_headers(message))
                 try:
                     response = await impl(self, message.arg, message)
