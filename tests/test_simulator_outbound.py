@@ -148,8 +148,12 @@ async def test_static_mode_replies_after_the_execution(
     reply = await session.send("sendmsg", sendmsg("playback", "hold.wav"))
     assert reply["Reply-Text"] == "+OK"
     assert time.monotonic() - started >= 0.3
-    names = [e.name for e in session.events]
-    assert "CHANNEL_EXECUTE_COMPLETE" in names and "CHANNEL_PARK" not in names
+    # Nothing was written while the execute ran: the reply, then its events.
+    position = session.frames.index(reply)
+    await session.event("CHANNEL_EXECUTE_COMPLETE")
+    playback = [i for i, f in enumerate(session.frames) if f.get("Application") == "playback"]
+    assert len(playback) == 2 and min(playback) > position
+    assert "CHANNEL_PARK" not in [e.name for e in session.events]
     # single-channel: no api, event or linger without "full".
     for command in ("api status", "event plain ALL", "linger", "bgapi status"):
         assert (await session.send(command))["Reply-Text"] == "-ERR command not found"

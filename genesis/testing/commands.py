@@ -292,6 +292,11 @@ class Commands:
                 arg = frame.body
             loops = headers.get("loops", "1")
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            static = listener.outbound and not listener.asynchronous and target is listener.channel
+            if static:
+                # Static mode: the execute runs inline in the connection's thread, so its
+                # reply and every event it fires wait until it ends.
+                listener.hold_events()
             target.queue(
                 Message(
                     app,
@@ -302,9 +307,13 @@ class Commands:
                     done=done,
                 )
             )
-            if listener.outbound and not listener.asynchronous and target is listener.channel:
-                # Static mode: the execute runs inline, the reply waits for it.
-                await done
+            if static:
+                try:
+                    await done
+                    await listener.send_reply(reply("+OK"))
+                finally:
+                    listener.release_events()
+                return
         elif command == "hangup":
             target.hangup(headers.get("hangup-cause", "NORMAL_CLEARING") or "NORMAL_CLEARING")
         elif command in ("unicast", "nomedia", "xferext", "unhold", "hold"):
