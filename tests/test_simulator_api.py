@@ -269,9 +269,20 @@ async def test_failing_api_and_application_are_reported(
 
     freeswitch.apis.register("broken", broken)
     assert await client.api("broken now") == "-ERR broken: boom\n"
-    freeswitch.route("6000", socket="127.0.0.1:notaport async full")
+    with pytest.raises(ValueError, match="host:port"):
+        freeswitch.route("6000", socket="127.0.0.1:notaport async full")
+    freeswitch.route("6000", apps=[("socket", "127.0.0.1:notaport async full")])
     call = await freeswitch.place_call("6000")
     await asyncio.wait_for(call.done, 5)
     assert call.hangup_cause == "NORMAL_TEMPORARY_FAILURE"
     assert freeswitch.stats["application_errors"] == 1
     assert "api broken failed" in caplog.text and "application failed" in caplog.text
+
+
+def test_endpoint_declarations_are_checked() -> None:
+    fs = FreeSwitchSimulator()
+    with pytest.raises(ValueError, match="pick one"):
+        fs.endpoint("user/1", busy=True, fail="CALL_REJECTED")
+    with pytest.raises(ValueError, match="negative"):
+        fs.endpoint("user/1", answer_after=-1)
+    assert fs.endpoint("user/1", fail="call_rejected").fail == "CALL_REJECTED"

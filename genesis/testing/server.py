@@ -380,9 +380,38 @@ class FreeSwitchSimulator:
             self.emit(headers)
 
     # -- scripting ----------------------------------------------------------------------------
-    def endpoint(self, dial_string: str, **behaviour: Any) -> Endpoint:
-        """Declare how ``dial_string`` (e.g. ``user/1001``) behaves; see :class:`Endpoint`."""
-        endpoint = Endpoint(dial_string, **behaviour)
+    def endpoint(
+        self,
+        dial_string: str,
+        *,
+        answer_after: float = 0.0,
+        busy: bool = False,
+        ring_forever: bool = False,
+        fail: str | None = None,
+        digits: str = "",
+        digit_interval: float = 0.05,
+        hangup_after: float | None = None,
+        early_media: bool = False,
+    ) -> Endpoint:
+        """Declare how ``dial_string`` (e.g. ``user/1001``) behaves; see :class:`Endpoint`.
+
+        Declaring it again replaces the earlier behaviour.
+        """
+        if busy + ring_forever + (fail is not None) > 1:
+            raise ValueError("an endpoint is busy, fails or rings forever: pick one")
+        if answer_after < 0 or digit_interval < 0 or (hangup_after or 0) < 0:
+            raise ValueError("endpoint delays must not be negative")
+        endpoint = Endpoint(
+            dial_string,
+            answer_after=answer_after,
+            busy=busy,
+            ring_forever=ring_forever,
+            fail=fail.upper() if fail else None,
+            digits=digits,
+            digit_interval=digit_interval,
+            hangup_after=hangup_after,
+            early_media=early_media,
+        )
         self.endpoints[dial_string] = endpoint
         return endpoint
 
@@ -405,6 +434,10 @@ class FreeSwitchSimulator:
             else:
                 actions.append(app)
         if socket is not None:
+            address = socket.split()[0] if socket.split() else ""
+            port = address.rpartition(":")[2]
+            if not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"socket route needs 'host:port [async] [full]', got {socket!r}")
             actions.append(("socket", socket))
         route = Route(extension, actions, context)
         self.routes.insert(0, route)
