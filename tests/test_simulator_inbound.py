@@ -313,3 +313,17 @@ async def test_resume_and_divert_off(freeswitch: FreeSwitchSimulator) -> None:
     assert (await client.send("filter delete all"))["Reply-Text"] == "+OK filter deleted."
     assert (await client.send("filter onlyheader"))["Reply-Text"] == "-ERR invalid syntax"
     await client.close()
+
+
+async def test_ipv6_loopback() -> None:
+    try:
+        fs = FreeSwitchSimulator(host="::1")
+        await fs.start()
+    except OSError as exc:  # a host without IPv6 cannot run this check
+        pytest.skip(f"no IPv6 loopback: {exc}")
+    try:
+        client = await Esl.open(fs)
+        assert (await client.api("version")).startswith("FreeSWITCH Version")
+        await client.close()
+    finally:
+        await fs.stop()
