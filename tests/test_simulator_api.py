@@ -286,3 +286,11 @@ def test_endpoint_declarations_are_checked() -> None:
     with pytest.raises(ValueError, match="negative"):
         fs.endpoint("user/1", answer_after=-1)
     assert fs.endpoint("user/1", fail="call_rejected").fail == "CALL_REJECTED"
+
+
+async def test_endpoint_patterns(freeswitch: FreeSwitchSimulator, client: Esl) -> None:
+    freeswitch.endpoint(r"^user/2\d{3}$", answer_after=0)
+    freeswitch.endpoint(r"^user/29\d\d$", busy=True)
+    assert (await client.api("originate user/2001 &park()")).startswith("+OK ")
+    assert await client.api("originate user/2901 &park()") == "-ERR USER_BUSY\n"
+    assert await client.api("originate user/3001 &park()") == "-ERR USER_NOT_REGISTERED\n"

@@ -26,7 +26,8 @@ Quick start::
 
 Destinations (``originate``, ``bridge``):
 
-- ``user/<n>``: behaves as declared with :meth:`FreeSwitchSimulator.endpoint`; an
+- ``user/<n>``: behaves as declared with :meth:`FreeSwitchSimulator.endpoint` (a
+  declaration starting with ``^`` is a regular expression covering many users); an
   undeclared user gives ``USER_NOT_REGISTERED`` like an unregistered phone.
 - ``loopback/<extension>[/<context>]``: mod_loopback's pair of legs, ``-a`` (returned by
   originate) and ``-b`` (runs the dialplan: the built-in ``park`` extension answers and

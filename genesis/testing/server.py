@@ -37,6 +37,8 @@ class Endpoint:
     timeout: NO_ANSWER). Once answered, the far end presses ``digits`` (one every
     ``digit_interval`` seconds) and hangs up after ``hangup_after`` seconds if set.
     ``early_media`` sends pre-answer media (CHANNEL_PROGRESS_MEDIA) while ringing.
+    A ``dial_string`` starting with ``^`` is a regular expression: one declaration for
+    many destinations (``^user/2\\d{3}$``).
     """
 
     dial_string: str
@@ -48,6 +50,11 @@ class Endpoint:
     digit_interval: float = 0.05
     hangup_after: float | None = None
     early_media: bool = False
+    pattern: re.Pattern[str] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.dial_string.startswith("^"):
+            self.pattern = re.compile(self.dial_string)
 
 
 @dataclass
@@ -443,6 +450,16 @@ class FreeSwitchSimulator:
         self.routes.insert(0, route)
         return route
 
+    def find_endpoint(self, target: str) -> Endpoint | None:
+        """The endpoint declared for ``target``: exactly, else the latest pattern."""
+        endpoint = self.endpoints.get(target)
+        if endpoint is not None:
+            return endpoint
+        for candidate in reversed(self.endpoints.values()):
+            if candidate.pattern is not None and candidate.pattern.search(target):
+                return candidate
+        return None
+
     def find_route(self, destination: str, context: str) -> Route | None:
         for route in self.routes:
             if route.matches(destination, context):
@@ -631,7 +648,7 @@ class FreeSwitchSimulator:
             return await self._originate_loopback(
                 target, variables, leg_uuid, cid_name, cid_number, timeout, after_answer, created
             )
-        endpoint = self.endpoints.get(target)
+        endpoint = self.find_endpoint(target)
         if endpoint is None:
             if target.startswith("user/"):
                 return None, "USER_NOT_REGISTERED"
