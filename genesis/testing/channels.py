@@ -410,6 +410,8 @@ class Channel:
     # -- lifecycle ----------------------------------------------------------------------
     def start(self, body: Callable[[], Awaitable[None]]) -> None:
         """Run the channel's thread: ``body`` (dialplan, originate...), then hang up."""
+        if self.hungup:
+            return
         self.sim.channels[self.uuid] = self
         self._task = asyncio.get_running_loop().create_task(
             self._run(body), name=f"channel {self.uuid}"
@@ -519,6 +521,12 @@ class Channel:
         if self.hungup:
             return False
         self.hangup_cause = cause
+        if self._task is None:
+            # Never started, never announced: nothing to tear down.
+            self._hungup.set()
+            if not self.done.done():
+                self.done.set_result(None)
+            return True
         self.answer_state = "hangup"
         self.profile.times["Channel-Hangup-Time"] = now_us()
         self.fire("CHANNEL_HANGUP", post={"Hangup-Cause": cause})
