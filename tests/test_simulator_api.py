@@ -294,3 +294,16 @@ async def test_endpoint_patterns(freeswitch: FreeSwitchSimulator, client: Esl) -
     assert (await client.api("originate user/2001 &park()")).startswith("+OK ")
     assert await client.api("originate user/2901 &park()") == "-ERR USER_BUSY\n"
     assert await client.api("originate user/3001 &park()") == "-ERR USER_NOT_REGISTERED\n"
+
+
+async def test_return_ring_ready_ends_the_originate_timeout(
+    freeswitch: FreeSwitchSimulator, client: Esl
+) -> None:
+    """FreeSWITCH stops applying originate_timeout once return_ring_ready returned."""
+    reply = await client.api(
+        "originate {return_ring_ready=true,originate_timeout=1}user/1003 &park()"
+    )
+    uuid = reply.split()[1]
+    await asyncio.sleep(1.2)
+    assert freeswitch.channels[uuid].answer_state == "ringing"
+    assert "CHANNEL_HANGUP" not in client.names(uuid)

@@ -37,8 +37,11 @@ Destinations (``originate``, ``bridge``):
 
 Dial strings take ``{var=value,...}`` and ``[var=value]`` prefixes; ``origination_uuid``,
 ``origination_caller_id_name/number``, ``originate_timeout``, ``leg_timeout`` and
-``return_ring_ready`` are honoured. ``a,b`` rings destinations together (the first to
-answer wins, the others hang up with LOSE_RACE), ``a|b`` one after the other.
+``return_ring_ready`` are honoured (with it originate succeeds at the first ring and the
+leg runs its application while ringing; as on FreeSWITCH the originate timeout no longer
+applies to it, so a ``ring_forever`` endpoint rings until someone hangs it up).
+``a,b`` rings destinations together (the first to answer wins, the others hang up with
+LOSE_RACE), ``a|b`` one after the other.
 Originate's default timeout is 60 s, as in FreeSWITCH: give ``{originate_timeout=1}`` to
 make NO_ANSWER fast in a test.
 

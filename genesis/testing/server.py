@@ -687,7 +687,8 @@ class FreeSwitchSimulator:
                 leg.set_state("CS_CONSUME_MEDIA")
                 self.spawn(self._far_end(leg, endpoint))
                 # return_ring_ready: originate succeeds as soon as the leg rings, and the
-                # leg runs its application while still ringing.
+                # leg runs its application while still ringing. The originate timeout is
+                # over then: the leg rings until answered or hung up, as on FreeSWITCH.
                 ring_ready = variables.get("return_ring_ready", "").lower() == "true"
                 if not await leg.wait_answered(timeout, ringing=ring_ready):
                     if not leg.hungup:
