@@ -307,3 +307,15 @@ async def test_return_ring_ready_ends_the_originate_timeout(
     await asyncio.sleep(1.2)
     assert freeswitch.channels[uuid].answer_state == "ringing"
     assert "CHANNEL_HANGUP" not in client.names(uuid)
+
+
+async def test_silent_endpoint_with_return_ring_ready(
+    freeswitch: FreeSwitchSimulator, client: Esl
+) -> None:
+    """No ringing signalled: return_ring_ready waits, and the originate timeout applies."""
+    freeswitch.endpoint("user/3002", ring_forever=True, ringing=False)
+    reply = await client.api(
+        "originate {return_ring_ready=true,originate_timeout=1}user/3002 &park()", timeout=5
+    )
+    assert reply == "-ERR NO_ANSWER\n"
+    assert "CHANNEL_PROGRESS" not in [e.name for e in client.events]

@@ -36,7 +36,9 @@ class Endpoint:
     ``fail`` (that hangup cause at once); ``ring_forever`` (rings until the originate
     timeout: NO_ANSWER). Once answered, the far end presses ``digits`` (one every
     ``digit_interval`` seconds) and hangs up after ``hangup_after`` seconds if set.
-    ``early_media`` sends pre-answer media (CHANNEL_PROGRESS_MEDIA) while ringing.
+    ``early_media`` sends pre-answer media (CHANNEL_PROGRESS_MEDIA) while ringing;
+    ``ringing=False`` signals nothing before the answer (no 180, like a gateway without
+    ringback), so ``return_ring_ready`` has nothing to return on.
     A ``dial_string`` starting with ``^`` is a regular expression: one declaration for
     many destinations (``^user/2\\d{3}$``).
     """
@@ -50,6 +52,7 @@ class Endpoint:
     digit_interval: float = 0.05
     hangup_after: float | None = None
     early_media: bool = False
+    ringing: bool = True
     pattern: re.Pattern[str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -399,6 +402,7 @@ class FreeSwitchSimulator:
         digit_interval: float = 0.05,
         hangup_after: float | None = None,
         early_media: bool = False,
+        ringing: bool = True,
     ) -> Endpoint:
         """Declare how ``dial_string`` (e.g. ``user/1001``) behaves; see :class:`Endpoint`.
 
@@ -418,6 +422,7 @@ class FreeSwitchSimulator:
             digit_interval=digit_interval,
             hangup_after=hangup_after,
             early_media=early_media,
+            ringing=ringing,
         )
         self.endpoints[dial_string] = endpoint
         return endpoint
@@ -754,7 +759,8 @@ class FreeSwitchSimulator:
             if endpoint.fail:
                 leg.hangup(endpoint.fail)
                 return
-            leg.mark_ring_ready()
+            if endpoint.ringing:
+                leg.mark_ring_ready()
             if endpoint.early_media:
                 leg.mark_pre_answered()
             if endpoint.ring_forever:
