@@ -8,12 +8,15 @@ new connection and ends when the client has seen every event.
 - floor: a raw asyncio.Protocol on uvloop that only splits frames with ``bytes.find``;
 - consumer: genesis Consumer whose handler reads Event-Name and Unique-ID;
 - consumer_traced_1pct / consumer_traced_100pct: the same with the OTel SDK configured
-  (TracerProvider, a processor that drops spans) and GENESIS_EVENT_SPAN_RATIO 0.01 / 1.0.
+  (TracerProvider, a processor that drops spans) and GENESIS_EVENT_SPAN_RATIO 0.01 / 1.0,
+  every header flattened (~75 attributes per span, the default);
+- consumer_traced_1pct_allowlist: 1% with a 9-header GENESIS_EVENT_SPAN_HEADERS (report only).
 
-Targets: consumer >= 40% of the floor (asserted in test_consumer); 1% traced >= 85% of
-untraced, asserted with a 9-header GENESIS_EVENT_SPAN_HEADERS allowlist (with every header
-flattened, ~75 attributes per span, the 1% figure is printed but not asserted).
-Figures (events/s, peak RSS) land in each bench's ``extra_info``.
+Rates use a bench's best round: the CPU is shared, and interference only ever slows a
+round down. Targets: consumer >= 40% of the floor; 1% traced (every header) >= 85% of
+untraced. That ratio is measured in interleaved pairs of rounds (untraced, traced, ...)
+on the same blaster, so a change of machine load between two benches cannot decide it.
+Figures (events/s, ratios, peak RSS) land in each bench's ``extra_info``.
 Run: ``.venv/bin/python -m pytest bench/test_consumer_bench.py --benchmark-only -s``.
 """
 
@@ -23,6 +26,7 @@ import asyncio
 import multiprocessing
 import resource
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -37,7 +41,8 @@ from genesis.protocol.parser import ESLEvent
 
 CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "freeswitch-1.10.12"
 REPEAT = 20
-ROUNDS = 5
+ROUNDS = 7
+PAIRED_ROUNDS = 7
 RESULTS: dict[str, float] = {}
 # GENESIS_EVENT_SPAN_HEADERS for the allowlist variant: what a dashboard typically keys on.
 ALLOWLIST = ["Channel-State", "Channel-Call-State", "Answer-State", "Call-Direction",
@@ -189,7 +194,7 @@ def measure(benchmark: Any, key: str, run: Callable[[int, int], None],
             blaster: tuple[int, int]) -> None:
     port, events = blaster
     benchmark.pedantic(run, args=(port, events), rounds=ROUNDS, iterations=1, warmup_rounds=1)
-    rate = events / benchmark.stats.stats.median
+    rate = events / benchmark.stats.stats.min
     RESULTS[key] = rate
     benchmark.extra_info["events_per_round"] = events
     benchmark.extra_info["events_per_s"] = round(rate)
@@ -200,15 +205,43 @@ def measure(benchmark: Any, key: str, run: Callable[[int, int], None],
           f"peak RSS {benchmark.extra_info['peak_rss_mib']} MiB)")
 
 
+def paired_ratio(benchmark: Any, blaster: tuple[int, int], use_sdk: Callable[[bool], None],
+                 label: str) -> float:
+    """Best traced round over best untraced round, the rounds interleaved."""
+    port, events = blaster
+    best = {False: float("inf"), True: float("inf")}
+    for _ in range(PAIRED_ROUNDS):
+        for traced in (False, True):
+            use_sdk(traced)
+            start = time.perf_counter()
+            run_consumer(port, events)
+            best[traced] = min(best[traced], time.perf_counter() - start)
+    use_sdk(True)
+    ratio = best[False] / best[True]
+    benchmark.extra_info["paired_untraced_events_per_s"] = round(events / best[False])
+    benchmark.extra_info["paired_traced_events_per_s"] = round(events / best[True])
+    benchmark.extra_info["traced_over_untraced"] = round(ratio, 3)
+    print(f"{label}: paired {events / best[True]:,.0f} vs {events / best[False]:,.0f} "
+          f"untraced events/s = {ratio:.0%}")
+    return ratio
+
+
 @pytest.fixture
-def sdk(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def sdk(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[bool], None]]:
+    """Installs an SDK tracer provider; the yielded switch turns it off (API proxy) and on."""
     from opentelemetry import trace
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
     provider = TracerProvider()
     provider.add_span_processor(SpanProcessor())  # receives every span, exports nothing
-    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
-    yield
+    proxy = trace.ProxyTracerProvider()
+    current: list[trace.TracerProvider] = [provider]
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: current[0])
+
+    def use_sdk(on: bool) -> None:
+        current[0] = provider if on else proxy
+
+    yield use_sdk
     tracing.configure(from_environment=True)
 
 
@@ -221,26 +254,33 @@ def test_consumer(benchmark: Any, blaster: tuple[int, int]) -> None:
     measure(benchmark, "consumer", run_consumer, blaster)
     if "floor" in RESULTS:
         ratio = RESULTS["consumer"] / RESULTS["floor"]
+        benchmark.extra_info["consumer_over_floor"] = round(ratio, 3)
         print(f"consumer/floor = {ratio:.0%}")
         assert ratio >= 0.40
 
 
-def test_consumer_traced_1pct(benchmark: Any, blaster: tuple[int, int], sdk: None) -> None:
+def test_consumer_traced_1pct(
+    benchmark: Any, blaster: tuple[int, int], sdk: Callable[[bool], None]
+) -> None:
     tracing.configure(event_span_ratio=0.01)
     measure(benchmark, "traced_1pct", run_consumer, blaster)
+    assert paired_ratio(benchmark, blaster, sdk, "traced 1% (every header)") >= 0.85
 
 
 def test_consumer_traced_1pct_allowlist(
-    benchmark: Any, blaster: tuple[int, int], sdk: None
+    benchmark: Any, blaster: tuple[int, int], sdk: Callable[[bool], None]
 ) -> None:
     tracing.configure(event_span_ratio=0.01, event_span_headers=ALLOWLIST)
     measure(benchmark, "traced_1pct_allowlist", run_consumer, blaster)
-    ratio = RESULTS["traced_1pct_allowlist"] / RESULTS["consumer"]
-    print(f"traced 1% (allowlist)/untraced = {ratio:.0%}; "
-          f"traced 1% (all headers)/untraced = {RESULTS['traced_1pct'] / RESULTS['consumer']:.0%}")
-    assert ratio >= 0.85
+    paired_ratio(benchmark, blaster, sdk, "traced 1% (9-header allowlist)")
 
 
-def test_consumer_traced_100pct(benchmark: Any, blaster: tuple[int, int], sdk: None) -> None:
+def test_consumer_traced_100pct(
+    benchmark: Any, blaster: tuple[int, int], sdk: Callable[[bool], None]
+) -> None:
     tracing.configure(event_span_ratio=1.0)
     measure(benchmark, "traced_100pct", run_consumer, blaster)
+    if "consumer" in RESULTS:
+        ratio = RESULTS["traced_100pct"] / RESULTS["consumer"]
+        benchmark.extra_info["traced_over_untraced"] = round(ratio, 3)
+        print(f"traced 100%/untraced = {ratio:.1%}")

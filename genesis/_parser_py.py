@@ -828,15 +828,34 @@ class HeaderFlattener:
 
     OpenTelemetry drops attributes past a span's limit (128 by default), and
     building ~80 of them per event costs more than parsing it, so the flattener
-    can be limited to an allowlist and always stops at ``max_attributes``.
+    can be limited to an allowlist and always stops at ``max_attributes``. The
+    attribute key of each header name (``event.header.<snake_case>``, or None for
+    Unique-ID and names outside the allowlist) is computed once per flattener.
     """
 
-    __slots__ = ("_allow", "max_attributes")
+    __slots__ = ("_allow", "_keys", "max_attributes")
 
     def __init__(self, allowlist: Iterable[str] | None = None, max_attributes: int = 128) -> None:
         self._allow: frozenset[str] | None = (
             None if allowlist is None else frozenset(snake_case(name) for name in allowlist))
+        self._keys: dict[str, str | None] = {}
         self.max_attributes = max_attributes
+
+    def _key(self, header: str) -> str | None:
+        """``event.header.<snake_case>`` for ``header``, or None when it is not recorded."""
+        try:
+            return self._keys[header]
+        except KeyError:
+            pass
+        key: str | None = None  # Unique-ID is recorded as event.uuid
+        if header != "Unique-ID":
+            snake = snake_case(header)
+            if self._allow is None or snake in self._allow:
+                key = "event.header." + snake
+        # Header names come from the peer: bound what they can pin in memory.
+        if len(self._keys) < 4096:
+            self._keys[header] = key
+        return key
 
     def flatten(self, event: ESLEvent) -> dict[str, Value]:
         """``event.name``, ``event.uuid``, then ``event.header.<snake_case>`` in wire order."""
@@ -850,22 +869,23 @@ class HeaderFlattener:
         uuid = event.get("Unique-ID")
         if uuid is not None and len(attributes) < limit:
             attributes["event.uuid"] = uuid
-        allow = self._allow
-        names: Iterable[str]
-        if allow is not None and not event._full:
+        if self._allow is not None and not event._full:
             index = event._index if event._index is not None else event._build_index()
-            names = list(index)
-        else:
-            names = list(event.keys())
-        for header in names:
+            for header in list(index):
+                if len(attributes) >= limit:
+                    break
+                key = self._key(header)
+                if key is not None:
+                    found = event.get(header)
+                    if found is not None:
+                        attributes[key] = found
+            return attributes
+        # Every value is needed: decoding them all once, into the event's own dict,
+        # also serves any handler that reads the event afterwards.
+        for header, value in event.items():
             if len(attributes) >= limit:
                 break
-            if header == "Unique-ID":
-                continue
-            key = snake_case(header)
-            if allow is not None and key not in allow:
-                continue
-            value = event.get(header)
-            if value is not None:
-                attributes["event.header." + key] = value
+            key = self._key(header)
+            if key is not None:
+                attributes[key] = value
         return attributes

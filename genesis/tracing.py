@@ -8,11 +8,20 @@ costs more than parsing the event. So the decision is made before OpenTelemetry 
    This costs one dictionary lookup per received chunk, not per event.
 2. Otherwise the global tracer provider is checked (cached per provider object): the API's
    proxy or no-op provider means "not configured".
-3. Per event, a running accumulator against the event span ratio picks which events get a
+3. Per event, an integer accumulator against the event span ratio picks which events get a
    ``process_event`` span (a ratio of 0.01 traces exactly one event in a hundred, evenly
-   spaced, without calling a random generator).
+   spaced, without calling a random generator). The engine runs it inline in its dispatch
+   loop; untraced events pay two integer operations.
 4. Attributes are built (by the parser's HeaderFlattener) only if the started span reports
    ``is_recording()``: an unsampled span gets no attribute dictionary at all.
+
+What a recorded event span costs is dominated by the SDK, not by Genesis: the SDK's
+``set_attributes`` validates every attribute in Python (~1 us each; an event has ~75), which
+alone is more than a hundred untraced events. The flattener's output needs none of that
+validation (keys are non-empty ``str``, values ``str`` or lists of ``str``), so for the SDK's
+own span class, when no attribute length limit is set and the count limit leaves room, the
+attributes are stored directly, lists as tuples, exactly as ``set_attributes`` would store
+them; any other span, limit or SDK layout goes through ``set_attributes``.
 
 Knobs, read on first use and settable with :func:`configure`:
 ``GENESIS_EVENT_SPAN_RATIO`` (0.0-1.0, default 1.0): share of events with a span;
@@ -25,10 +34,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Tracer
+    from opentelemetry.trace import Span, Tracer
 
     from genesis.protocol.parser import ESLEvent, HeaderFlattener
 
@@ -36,17 +46,20 @@ logger = logging.getLogger(__name__)
 
 _SDK_MODULE = "opentelemetry.sdk.trace"
 _TRACER_NAME = "genesis"
+# The ratio accumulator counts in billionths, so decimal ratios such as 0.01 are exact
+# (a float accumulator drifts: a hundred 0.01 steps sum to 0.9999999999999999).
+SPAN_UNIT = 1_000_000_000
 
 
 class _State:
-    """Module state: knobs, the accumulator, and the tracer cached per provider."""
+    """Module state: knobs, the tracer cached per provider, the current EventSpans."""
 
     ratio: float | None = None
     headers: tuple[str, ...] | None = None
-    accumulator = 0.0
     provider: object = None
     tracer: Tracer | None = None
     flattener: HeaderFlattener | None = None
+    spans: EventSpans | None = None
 
 
 def _parse_ratio(text: str | None) -> float:
@@ -80,8 +93,8 @@ def configure(
         _State.ratio = min(1.0, max(0.0, float(event_span_ratio)))
     if event_span_headers is not None:
         _State.headers = tuple(event_span_headers) or None
-    _State.accumulator = 0.0
     _State.flattener = None
+    _State.spans = None
 
 
 def event_span_ratio() -> float:
@@ -112,40 +125,103 @@ def tracer() -> Tracer | None:
 
 
 class EventSpans:
-    """Per-chunk handle that decides, per event, whether to open a ``process_event`` span."""
+    """The ``process_event`` policy of one tracer and configuration, reused by every chunk.
 
-    __slots__ = ("_flattener", "_ratio", "_tracer")
+    ``accumulator`` and ``step`` are public because the engine runs the ratio decision
+    inline (``accumulator += step``; an event is traced when it reaches
+    :data:`SPAN_UNIT`); :meth:`take` is the same decision as a call.
+    """
+
+    __slots__ = ("_attach", "_bounded", "_detach", "_flattener", "_in_context", "_span_class",
+                 "_tracer", "accumulator", "step")
 
     def __init__(self, tracer_: Tracer, ratio: float, flattener: HeaderFlattener) -> None:
+        from opentelemetry import context, trace
+
         self._tracer = tracer_
-        self._ratio = ratio
         self._flattener = flattener
+        self.step = round(ratio * SPAN_UNIT)
+        self.accumulator = 0
+        self._attach = context.attach
+        self._detach = context.detach
+        self._in_context = trace.set_span_in_context
+        self._span_class, self._bounded = _direct_storage()
 
     def take(self) -> bool:
         """True for the events that get a span: evenly spaced, ``ratio`` of them."""
-        ratio = self._ratio
-        if ratio >= 1.0:
+        acc = self.accumulator + self.step
+        if acc >= SPAN_UNIT:
+            self.accumulator = acc - SPAN_UNIT
             return True
-        acc = _State.accumulator + ratio
-        if acc >= 1.0:
-            _State.accumulator = acc - 1.0
-            return True
-        _State.accumulator = acc
+        self.accumulator = acc
         return False
 
-    def start(self, event: ESLEvent) -> Any:
-        """Start the span; attributes are flattened only when it is recording."""
+    def dispatch(
+        self, run: Callable[[ESLEvent, str | None], None], event: ESLEvent, name: str | None
+    ) -> None:
+        """``run(event, name)`` inside a ``process_event`` span, current for its handlers.
+
+        The span is made current so that spans a sync handler opens are its children;
+        handler errors never reach here (the dispatcher logs them), so the span only
+        needs ending.
+        """
         span = self._tracer.start_span("process_event")
         if span.is_recording():
-            span.set_attributes(self._flattener.flatten(event))
-        return span
+            self._record(span, self._flattener.flatten(event))
+        token = self._attach(self._in_context(span))
+        try:
+            run(event, name)
+        finally:
+            self._detach(token)
+            span.end()
+
+    def _record(self, span: Span, attributes: dict[str, str | list[str]]) -> None:
+        """Store the attributes the way the SDK's ``set_attributes`` would, minus its checks.
+
+        The SDK's validation would leave each value unchanged except lists, which it
+        stores as tuples; so does this. Another span class, a length limit (values would
+        be truncated) or a count limit the attributes do not fit in (old ones would be
+        dropped) is left to ``set_attributes``.
+        """
+        bounded: Any = None
+        if type(span) is self._span_class:
+            bounded = getattr(span, "_attributes", None)
+        if (bounded is None or type(bounded) is not self._bounded
+                or bounded.max_value_len is not None
+                or (bounded.maxlen is not None
+                    and len(bounded._dict) + len(attributes) > bounded.maxlen)):
+            span.set_attributes(attributes)
+            return
+        stored = bounded._dict
+        for key, value in attributes.items():
+            stored[key] = tuple(value) if type(value) is list else value
+
+
+def _direct_storage() -> tuple[Any, Any]:
+    """The SDK span class and attribute container :meth:`EventSpans._record` may fill.
+
+    Checked once against the installed SDK: a release that lays them out differently
+    gets ``(None, None)`` and every span takes the public ``set_attributes`` path.
+    """
+    from opentelemetry.attributes import BoundedAttributes
+    from opentelemetry.sdk import trace as sdk_trace
+
+    span_class = getattr(sdk_trace, "_Span", None)
+    probe = BoundedAttributes(maxlen=1, immutable=False)
+    if (span_class is None or not isinstance(getattr(probe, "_dict", None), dict)
+            or not hasattr(probe, "max_value_len") or not hasattr(probe, "maxlen")):
+        return None, None
+    return span_class, BoundedAttributes
 
 
 def event_spans() -> EventSpans | None:
-    """An EventSpans for the current chunk, or None when no event will be traced."""
+    """The EventSpans in force, or None when no event will be traced (cheap, per chunk)."""
     tracer_ = tracer()
     if tracer_ is None:
         return None
+    spans = _State.spans
+    if spans is not None and spans._tracer is tracer_:
+        return spans
     ratio = event_span_ratio()
     if ratio <= 0.0:
         return None
@@ -154,4 +230,5 @@ def event_spans() -> EventSpans | None:
         from genesis.protocol.parser import HeaderFlattener
 
         flattener = _State.flattener = HeaderFlattener(_State.headers)
-    return EventSpans(tracer_, ratio, flattener)
+    spans = _State.spans = EventSpans(tracer_, ratio, flattener)
+    return spans

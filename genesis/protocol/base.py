@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, cast
+from typing import cast
 from uuid import uuid4
 
 from genesis import tracing
@@ -46,10 +46,8 @@ from genesis.protocol.parser import (
 )
 from genesis.types import EventHandler
 
-if TYPE_CHECKING:
-    from opentelemetry.trace import Span
-
 logger = logging.getLogger("genesis.protocol")
+_SPAN_UNIT = tracing.SPAN_UNIT
 
 _INTERNAL = frozenset(
     {"BACKGROUND_JOB", "CHANNEL_EXECUTE_COMPLETE", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE"}
@@ -175,16 +173,24 @@ class Protocol(asyncio.Protocol):
     def _handle(self, messages: list[ESLEvent]) -> None:
         spans = tracing.event_spans()
         dispatch = self._dispatcher.dispatch
+        # The span ratio decision, inline: an untraced event costs an add and a compare.
+        acc = step = 0
+        if spans is not None:
+            acc = spans.accumulator
+            step = spans.step
         for message in messages:
             kind = message.kind
             if kind == KIND_EVENT:
                 name = message.name
                 if name in _INTERNAL:
                     self._internal_event(message, name)
-                if spans is not None and spans.take():  # one bound call, only when tracing
-                    self._traced_dispatch(spans.start(message), message, name)
-                else:
-                    dispatch(message, name)
+                if spans is not None:
+                    acc += step
+                    if acc >= _SPAN_UNIT:
+                        acc -= _SPAN_UNIT
+                        spans.dispatch(dispatch, message, name)
+                        continue
+                dispatch(message, name)
             elif kind in (KIND_COMMAND_REPLY, KIND_API_RESPONSE):
                 self._reply(message)
             elif kind == KIND_AUTH_REQUEST:
@@ -197,6 +203,8 @@ class Protocol(asyncio.Protocol):
                 dispatch(message, "LOG")
             elif logger.isEnabledFor(logging.WARNING):
                 logger.warning("ignored a frame of unknown type %r", message.content_type)
+        if spans is not None:
+            spans.accumulator = acc
 
     def connection_lost(self, exc: Exception | None) -> None:
         parser = self._parser
@@ -298,12 +306,6 @@ class Protocol(asyncio.Protocol):
             for future in channel.values():
                 if not future.done():
                     future.set_exception(self._gone_error(uuid, error_cause))
-
-    def _traced_dispatch(self, span: Span, event: ESLEvent, name: str | None) -> None:
-        from opentelemetry import trace
-
-        with trace.use_span(span, end_on_exit=True):
-            self._dispatcher.dispatch(event, name)
 
     # -- commands ---------------------------------------------------------------------------
 
