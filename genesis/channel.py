@@ -659,7 +659,7 @@ class Channel:
 
         async def run(span: Span | None) -> ESLEvent | None:
             try:
-                result = await self._wait(state, str(target), timeout)
+                result = await self._wait(state, label, timeout)
             except TimeoutError:
                 if span is not None:
                     span.set_attribute("wait.result", "timeout")

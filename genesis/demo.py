@@ -33,7 +33,7 @@ from typing import TypeVar
 
 from genesis.channel import Channel
 from genesis.consumer import Consumer
-from genesis.exceptions import ChannelError, GenesisError
+from genesis.exceptions import ChannelError, GenesisError, TimeoutError
 from genesis.group import RingGroup, RingMode
 from genesis.inbound import Inbound
 from genesis.loop import use_uvloop
@@ -46,6 +46,7 @@ T = TypeVar("T")
 
 PASSWORD = "ClueCon"
 IVR_EXTENSION = "5000"
+RING_TIMEOUT = 2.0
 AGENTS = [f"user/20{n:02d}" for n in range(1, 5)]
 FAILURE_CAUSES = ("CALL_REJECTED", "UNALLOCATED_NUMBER", "NORMAL_TEMPORARY_FAILURE")
 
@@ -110,7 +111,14 @@ async def dial_one(client: Inbound, number: str, stats: Stats) -> None:
     except ChannelError as exc:
         stats.outcome("dialer", "failed", exc.cause or "UNKNOWN")
         return
-    await channel.wait(ChannelState.EXECUTE, timeout=10)
+    try:
+        await channel.wait(ChannelState.EXECUTE, timeout=RING_TIMEOUT)
+    except TimeoutError:
+        # With return_ring_ready the originate is over once the leg rings: giving up on an
+        # unanswered leg is the dialer's job, as it would be against FreeSWITCH.
+        await stats.time("hangup", channel.hangup("ORIGINATOR_CANCEL"))
+        stats.outcome("dialer", f"no answer in {RING_TIMEOUT:g} s", "ORIGINATOR_CANCEL")
+        return
     if channel.is_gone:
         stats.outcome("dialer", "not answered", channel.hangup_cause or "UNKNOWN")
         return
