@@ -23,7 +23,7 @@ from cpython.list cimport PyList_Append
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
-from cpython.unicode cimport PyUnicode_DecodeUTF8
+from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_GET_LENGTH, PyUnicode_READ_CHAR
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy, memmove
 
@@ -32,7 +32,6 @@ from genesis.exceptions import ProtocolError
 cdef extern from "Python.h":
     dict _PyDict_NewPresized(Py_ssize_t minused)
     PyObject* PyDict_SetDefault(object d, object key, object default) except NULL
-    bint PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)
     const char* PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t* size) except NULL
     void PyUnicode_InternInPlace(PyObject** p)
 
@@ -70,7 +69,8 @@ cdef enum:
     _NAME_CACHE_MAX_LEN = 64
     _NAME_CACHE_SIZE = 2048
     _NAME_CACHE_PROBE = 8
-    _VALUE_CACHE_MAX_LEN = 24
+    # 40 bytes hold a UUID (36); with the hash and the str pointer a slot is 64 bytes.
+    _VALUE_CACHE_MAX_LEN = 40
     _VALUE_CACHE_SIZE = 4096
 
 # Marks "no value" where None is a legitimate default.
@@ -113,6 +113,12 @@ cdef inline uint64_t _hash_name(const char* p, Py_ssize_t n) noexcept nogil:
         h ^= _load8(p + (n >> 1) - 4 if n >= 16 else p)
         h = (h ^ (h >> 29)) * 0xBF58476D1CE4E5B9ULL
         h ^= _load8(p + n - 8)
+        if n > 24:
+            # Values up to 40 bytes are cached (UUIDs): two more windows cover them.
+            h = (h ^ (h >> 29)) * 0xBF58476D1CE4E5B9ULL
+            h ^= _load8(p + 8)
+            h = (h ^ (h >> 29)) * 0xBF58476D1CE4E5B9ULL
+            h ^= _load8(p + n - 16)
     else:
         for i in range(n):
             h = (h << 8) | <unsigned char>p[i]
@@ -199,41 +205,11 @@ cdef Py_ssize_t _unescape(const char* src, Py_ssize_t n, char* dst) noexcept nog
     return o
 
 
-cdef struct _ValueSlot:
-    Py_ssize_t length
-    PyObject* text
-    char raw[_VALUE_CACHE_MAX_LEN]
-
-cdef _ValueSlot _value_cache[_VALUE_CACHE_SIZE]
-
-
-cdef str _short_value(const char* p, Py_ssize_t n):
-    """Decode a short value with no escapes, sharing the str with earlier events.
-
-    Most values are short tokens repeated in every event (``true``, ``8000``,
-    ``CS_EXECUTE``). The cache is direct-mapped and a miss replaces the slot, so
-    one-off values (sequence numbers) cycle through without pinning memory.
-    """
-    cdef _ValueSlot* e = &_value_cache[_hash_name(p, n) & (_VALUE_CACHE_SIZE - 1)]
-    cdef str text
-    if e.text != NULL and e.length == n and memcmp(e.raw, p, n) == 0:
-        return <str>e.text
-    text = PyUnicode_DecodeUTF8(p, n, "surrogateescape")
-    Py_INCREF(text)
-    Py_XDECREF(e.text)
-    e.text = <PyObject*>text
-    e.length = n
-    memcpy(e.raw, p, n)
-    return text
-
-
 cdef str _url_decode(const char* p, Py_ssize_t n):
     cdef char stack[256]
     cdef char* out
     cdef Py_ssize_t m
     if memchr(p, 37, n) == NULL:
-        if n <= _VALUE_CACHE_MAX_LEN:
-            return _short_value(p, n)
         return PyUnicode_DecodeUTF8(p, n, "surrogateescape")
     if n <= 256:
         m = _unescape(p, n, stack)
@@ -246,6 +222,44 @@ cdef str _url_decode(const char* p, Py_ssize_t n):
         return PyUnicode_DecodeUTF8(out, m, "surrogateescape")
     finally:
         PyMem_Free(out)
+
+
+cdef struct _ValueSlot:
+    uint64_t hash
+    PyObject* text
+    Py_ssize_t length
+    char raw[_VALUE_CACHE_MAX_LEN]
+
+cdef _ValueSlot _value_cache[_VALUE_CACHE_SIZE]
+
+
+cdef str _value_str(const char* p, Py_ssize_t n):
+    """URL-decode a header value, sharing the str of a short one with earlier events.
+
+    Almost every value repeats from event to event: tokens (``true``, ``8000``,
+    ``CS_EXECUTE``) and the channel UUIDs that every event of a call carries. The
+    cache is keyed by the bytes as they are on the wire, so a hit costs neither the
+    scan for ``%`` nor an allocation. It is direct-mapped and a miss replaces the
+    slot, so one-off values (timestamps, sequence numbers) cycle through it without
+    pinning memory, and a hostile peer can only make it miss.
+    """
+    cdef uint64_t h
+    cdef _ValueSlot* e
+    cdef str text
+    if n > _VALUE_CACHE_MAX_LEN:
+        return _url_decode(p, n)
+    h = _hash_name(p, n)
+    e = &_value_cache[h & (_VALUE_CACHE_SIZE - 1)]
+    if e.hash == h and e.length == n and e.text != NULL and memcmp(e.raw, p, n) == 0:
+        return <str>e.text
+    text = _url_decode(p, n)
+    Py_INCREF(text)
+    Py_XDECREF(e.text)
+    e.text = <PyObject*>text
+    e.hash = h
+    e.length = n
+    memcpy(e.raw, p, n)
+    return text
 
 
 cdef object _split_array(str value):
@@ -323,6 +337,9 @@ cdef class ESLEvent:
     cdef object _name
     cdef bint _name_known
     cdef Py_ssize_t _decoded
+    # Lines of Event-Name, Event-Subclass and Unique-ID (the last one) and how many
+    # there are, noted while indexing so that routing need not scan every line.
+    cdef Py_ssize_t _en_line, _en_count, _sub_line, _sub_count, _uuid_line, _uuid_count
     cdef readonly int kind
     cdef readonly str content_type
 
@@ -386,29 +403,38 @@ cdef class ESLEvent:
         cdef str v
         cdef uint32_t n = s[3] & _LEN_MASK
         if self._urlenc:
-            v = _url_decode(base + s[2], n)
+            v = _value_str(base + s[2], n)
         else:
             v = _decode_bytes(base + s[2], n)
-        if n >= 5 and base[s[2]] == 65:  # 'A': only then can it be ARRAY::
+        # Only a value starting with 'A' once decoded can be ARRAY:: (%41 decodes to it).
+        if PyUnicode_GET_LENGTH(v) >= 7 and PyUnicode_READ_CHAR(v, 0) == 65:
             return _split_array(v)
         return v
 
     cdef object _lookup(self, object key, object default):
         """Value of ``key`` or ``default``, decoding only the matching lines."""
+        if self._dict is not None:
+            return (<dict>self._dict).get(key, default)
+        if type(key) is not str:
+            return default if not isinstance(key, str) else self._materialize().get(key, default)
+        return self._scan(<str>key, default)
+
+    cdef object _scan(self, str key, object default):
+        """Look ``key`` up in the line index of a lazy message."""
         cdef const char* k
         cdef Py_ssize_t kl, i
         cdef const char* base
         cdef uint32_t* s
         cdef object found = None
         cdef bint hit = False
-        if self._dict is not None:
-            return (<dict>self._dict).get(key, default)
-        if type(key) is not str:
-            return default if not isinstance(key, str) else self._materialize().get(key, default)
         try:
             k = PyUnicode_AsUTF8AndSize(key, &kl)
         except UnicodeEncodeError:
             return self._materialize().get(key, default)
+        if (self.kind == _K_EVENT and self._uuid_count < 2
+                and kl == 9 and memcmp(k, b"Unique-ID", 9) == 0):
+            # What the engine routes channels by: its line was noted while indexing.
+            return self._indexed(key, self._uuid_line, self._uuid_count, default)
         base = PyBytes_AS_STRING(self._raw)
         for i in range(self._nlines):
             s = self._lines + i * _SLOT
@@ -464,16 +490,35 @@ cdef class ESLEvent:
     cdef object _compute_name(self):
         if self.kind != _K_EVENT:
             return None
-        value = self._lookup("Event-Name", None)
+        value = self._indexed("Event-Name", self._en_line, self._en_count, None)
         if type(value) is list:
             value = (<list>value)[len(<list>value) - 1] if value else None
         if value == "CUSTOM":
-            sub = self._lookup("Event-Subclass", None)
+            sub = self._indexed("Event-Subclass", self._sub_line, self._sub_count, None)
             if type(sub) is list:
                 sub = (<list>sub)[len(<list>sub) - 1] if sub else None
             if sub is not None:
                 return sub
         return value
+
+    cdef object _indexed(self, str key, Py_ssize_t line, Py_ssize_t count, object default):
+        """``get(key, default)`` for a name whose lines were counted while indexing.
+
+        A single line is decoded directly; a repeated name (a re-typed COMMAND
+        has two Event-Name lines) takes the general path that merges them.
+        """
+        cdef uint32_t* s
+        if self._dict is not None:
+            return (<dict>self._dict).get(key, default)
+        if count > 1:
+            return self._scan(key, default)
+        if count == 0:
+            return default
+        s = self._lines + line * _SLOT
+        if not (s[3] & _SEEN):
+            s[3] |= _SEEN
+            self._decoded += 1
+        return self._value_at(line)
 
     # -- body -------------------------------------------------------------
 
@@ -798,42 +843,42 @@ cdef tuple _parse_xml(bytes payload, Py_ssize_t offset):
     if not _at(p, i, n, b"<headers>"):
         raise ProtocolError("XML event does not parse", offset, payload[:_EXCERPT])
     i += 9
-    hend = payload.find(b"</headers>", i)
-    if hend < 0:
-        raise ProtocolError("XML event does not parse", offset, payload[:_EXCERPT])
+    # The block ends at the first </headers> found where an element would start:
+    # a header may itself be called "headers", so a plain search could stop inside it.
     while True:
-        i = _skip_ws(p, i, hend)
-        if i >= hend:
+        i = _skip_ws(p, i, n)
+        if _at(p, i, n, b"</headers>"):
+            hend = i
             break
-        if p[i] != 60:
+        if i >= n or p[i] != 60:
             raise ProtocolError("XML event header does not parse", offset, payload[:_EXCERPT])
         ns = i + 1
         j = ns
-        while j < hend and _xml_name_char(p[j]):
+        while j < n and _xml_name_char(p[j]):
             j += 1
         nl = j - ns
-        if nl == 0 or j >= hend:
+        if nl == 0 or j >= n:
             raise ProtocolError("XML event header does not parse", offset, payload[:_EXCERPT])
         if p[j] == 62:
             vs = j + 1
             j = vs
-            while j < hend and p[j] != 60:
+            while j < n and p[j] != 60:
                 j += 1
-            if not (j + 3 + nl <= hend and p[j + 1] == 47
+            if not (j + 3 + nl <= n and p[j + 1] == 47
                     and memcmp(p + j + 2, p + ns, nl) == 0 and p[j + 2 + nl] == 62):
                 raise ProtocolError("XML event header does not parse", offset,
                                     payload[:_EXCERPT])
             raw = _xml_unescape(p + vs, j - vs, offset, payload)
             i = j + 3 + nl
         else:
-            j = _skip_ws(p, j, hend)
-            if not (j + 2 <= hend and p[j] == 47 and p[j + 1] == 62):
+            j = _skip_ws(p, j, n)
+            if not (j + 2 <= n and p[j] == 47 and p[j + 1] == 62):
                 raise ProtocolError("XML event header does not parse", offset,
                                     payload[:_EXCERPT])
             raw = b""
             i = j + 2
         name = _name_str(p + ns, nl)
-        value = _split_array(_url_decode(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw)))
+        value = _split_array(_value_str(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw)))
         old = d.get(name)
         d[name] = value if old is None else _merge(old, value)
     i = _skip_ws(p, hend + 10, n)
@@ -885,8 +930,11 @@ cdef class Parser:
 
     cdef char* _buf
     cdef Py_ssize_t _cap
-    cdef Py_ssize_t _start      # first byte of the current frame in _buf
-    cdef Py_ssize_t _end        # one past the last buffered byte
+    # Where _start and _end point: _buf, or the caller's bytes while feed() frames
+    # them in place (never once feed() has returned: they are not ours to keep).
+    cdef const char* _base
+    cdef Py_ssize_t _start      # first byte of the current frame in _base
+    cdef Py_ssize_t _end        # one past the last available byte
     cdef Py_ssize_t _scan       # frame-relative: where the header-end search resumes
     cdef Py_ssize_t _hdr_len    # frame-relative end of the header block, 0 while unknown
     cdef Py_ssize_t _clen       # outer Content-Length, -1 if none
@@ -918,6 +966,7 @@ cdef class Parser:
         PyMem_Free(self._out)
 
     cdef void _reset(self):
+        self._base = self._buf
         self._start = 0
         self._end = 0
         self._scan = 0
@@ -945,9 +994,15 @@ cdef class Parser:
         raise ProtocolError(message, self._offset, _excerpt(p, n))
 
     def feed(self, data):
-        """Append ``data`` and return every message it completes, in order."""
+        """Append ``data`` and return every message it completes, in order.
+
+        Only a frame that straddles two calls is copied into the parser's buffer:
+        the others are framed where they lie in ``data`` (a message copies out
+        what it keeps), so a 64 KiB read is not copied once more just to be parsed.
+        """
         cdef const unsigned char[::1] view
-        cdef Py_ssize_t n
+        cdef Py_ssize_t n, take
+        cdef const char* p = NULL
         cdef list out = []
         if self._error is not None:
             err = self._error
@@ -958,15 +1013,48 @@ cdef class Parser:
         view = data
         n = view.shape[0]
         if n:
-            self._append(<const char*>&view[0], n)
+            p = <const char*>&view[0]
         try:
-            self._parse(out)
+            if self._end > self._start:
+                # Complete the held frame first, copying only the bytes it lacks; while
+                # its header block is unfinished its length is unknown: take it all.
+                take = n
+                if self._hdr_len:
+                    take = self._hdr_len + (self._clen if self._clen > 0 else 0)
+                    take = min(take - (self._end - self._start), n)
+                self._append(p, take)
+                p += take
+                n -= take
+                try:
+                    self._parse(out)
+                except ProtocolError:
+                    # Like an error anywhere else: every byte not yet framed stays held.
+                    self._append(p, n)
+                    raise
+            if n:
+                self._base = p
+                self._start = 0
+                self._end = n
+                try:
+                    self._parse(out)
+                finally:
+                    self._keep_rest()
         except ProtocolError as exc:
             # Messages completed before the bad frame were received: hand them over.
             exc.messages = out
             self._error = exc
             raise
         return out
+
+    cdef void _keep_rest(self) except *:
+        """Copy the unframed end of the caller's bytes into our buffer."""
+        cdef const char* rest = self._base + self._start
+        cdef Py_ssize_t left = self._end - self._start
+        self._base = self._buf
+        self._start = 0
+        self._end = 0
+        if left:
+            self._append(rest, left)
 
     cdef void _append(self, const char* data, Py_ssize_t n) except *:
         cdef Py_ssize_t held = self._end - self._start
@@ -988,12 +1076,14 @@ cdef class Parser:
                 raise MemoryError()
             self._buf = grown
             self._cap = newcap
-        memcpy(self._buf + self._end, data, n)
+        if n:
+            memcpy(self._buf + self._end, data, n)
         self._end += n
+        self._base = self._buf
 
     cdef int _find_header_end(self) except -1:
         """Resume the search for the blank line; set ``_hdr_len`` when found."""
-        cdef const char* f = self._buf + self._start
+        cdef const char* f = self._base + self._start
         cdef Py_ssize_t avail = self._end - self._start
         cdef Py_ssize_t i = self._scan
         cdef const char* hit
@@ -1036,7 +1126,7 @@ cdef class Parser:
 
     cdef int _outer_headers(self) except -1:
         """Split the frame's own header lines; find Content-Length and Content-Type."""
-        cdef const char* f = self._buf + self._start
+        cdef const char* f = self._base + self._start
         cdef Py_ssize_t pos = 0, stop = self._hdr_len, le, ve, colon, vs
         cdef const char* nl
         cdef const char* c
@@ -1126,7 +1216,7 @@ cdef class Parser:
         cdef const char* f
         cdef Py_ssize_t avail, total
         while True:
-            f = self._buf + self._start
+            f = self._base + self._start
             avail = self._end - self._start
             if self._hdr_len == 0:
                 # Blank lines between frames carry nothing; consume them.
@@ -1232,6 +1322,15 @@ cdef class Parser:
                     self._fail("two different inner Content-Length values", p + pos, ve - pos)
                 pos = le + 1
                 continue
+            if colon - pos == 10 and memcmp(p + pos, b"Event-Name", 10) == 0:
+                ev._en_line = cnt
+                ev._en_count += 1
+            elif colon - pos == 9 and memcmp(p + pos, b"Unique-ID", 9) == 0:
+                ev._uuid_line = cnt
+                ev._uuid_count += 1
+            elif colon - pos == 14 and memcmp(p + pos, b"Event-Subclass", 14) == 0:
+                ev._sub_line = cnt
+                ev._sub_count += 1
             if cnt == cap:
                 cap *= 2
                 grown = <uint32_t*>PyMem_Realloc(lines, cap * _SLOT * sizeof(uint32_t))
@@ -1290,73 +1389,44 @@ def snake_case(str name):
 cdef class HeaderFlattener:
     """Turns an event into span attributes, bounded by OpenTelemetry's attribute limit.
 
-    A FreeSWITCH event carries ~75 headers, so every per-header step counts: the
-    attribute key of each header name (``event.header.<snake_case>``, or "not
-    recorded" for Unique-ID and names outside the allowlist) is computed once per
-    flattener and then found with one dictionary lookup; the values come straight
-    from the event's decoded dictionary in one pass. With an allowlist only the
-    allowlisted headers of a lazy event are decoded.
+    Building ~80 attributes per event costs more than parsing it, so the flattener
+    can be limited to an allowlist (matched on the snake_case spelling) and, with
+    one, reads only the allowlisted headers of a lazy event.
     """
 
     cdef object _allow
-    cdef dict _keys
     cdef public Py_ssize_t max_attributes
 
     def __init__(self, allowlist=None, Py_ssize_t max_attributes=128):
         self._allow = (None if allowlist is None
                        else frozenset([snake_case(name) for name in allowlist]))
-        self._keys = {}
         self.max_attributes = max_attributes
-
-    cdef object _key(self, object header):
-        """``event.header.<snake_case>`` for ``header``, or None when it is not recorded."""
-        cdef PyObject* hit = PyDict_GetItem(self._keys, header)
-        if hit != NULL:
-            return <object>hit
-        if header == "Unique-ID":
-            key = None  # recorded as event.uuid
-        else:
-            snake = snake_case(header)
-            key = (None if self._allow is not None and snake not in self._allow
-                   else "event.header." + snake)
-        # Header names come from the peer: bound what they can pin in memory.
-        if len(self._keys) < 4096:
-            self._keys[header] = key
-        return key
 
     def flatten(self, ESLEvent event):
         """``event.name``, ``event.uuid``, then ``event.header.<snake_case>`` in wire order."""
         cdef dict attrs = {}
         cdef Py_ssize_t limit = self.max_attributes
-        cdef Py_ssize_t pos = 0
-        cdef PyObject* header
-        cdef PyObject* value
-        cdef dict headers
         if limit <= 0:
             return attrs
         name = event.name
         if name is not None:
             attrs["event.name"] = name
-        uuid = event._lookup("Unique-ID", None)
+        uuid = event.get("Unique-ID")
         if uuid is not None and len(attrs) < limit:
             attrs["event.uuid"] = uuid
-        if self._allow is not None and event._dict is None:
-            for wire_name in event._wire_names():
-                if len(attrs) >= limit:
-                    break
-                key = self._key(wire_name)
-                if key is not None:
-                    found = event._lookup(wire_name, None)
-                    if found is not None:
-                        attrs[key] = found
-            return attrs
-        # Every value is needed: decoding them all once, into the event's own dict,
-        # also serves any handler that reads the event afterwards.
-        headers = event._materialize()
-        while len(attrs) < limit and PyDict_Next(headers, &pos, &header, &value):
-            key = self._key(<object>header)
-            if key is not None:
-                attrs[key] = <object>value
+        allow = self._allow
+        names = event._wire_names() if allow is not None else list(event.keys())
+        for header in names:
+            if len(attrs) >= limit:
+                break
+            if header == "Unique-ID":
+                continue
+            key = snake_case(header)
+            if allow is not None and key not in allow:
+                continue
+            value = event.get(header)
+            if value is not None:
+                attrs["event.header." + key] = value
         return attrs
 
 
