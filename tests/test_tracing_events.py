@@ -1,0 +1,193 @@
+"""process_event spans: attributes stored as the SDK would store them, context, exact ratio."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk import trace as sdk_trace
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from genesis import tracing
+from genesis.inbound import Inbound
+from genesis.protocol.parser import ESLEvent, HeaderFlattener, Parser
+from tests.esl_server import ESLServer, plain_frames
+
+EVENT_FRAMES = [f for f in plain_frames() if b"text/event-plain" in f.split(b"\n\n")[0]]
+
+
+def corpus_events() -> list[ESLEvent]:
+    return Parser().feed(b"".join(EVENT_FRAMES))
+
+
+def install(monkeypatch: pytest.MonkeyPatch, limits: SpanLimits | None = None
+            ) -> tuple[InMemorySpanExporter, TracerProvider]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(span_limits=limits)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    return exporter, provider
+
+
+@pytest.fixture(autouse=True)
+def restore_configuration() -> Iterator[None]:
+    yield
+    tracing.configure(from_environment=True)
+
+
+def spans_both_ways(monkeypatch: pytest.MonkeyPatch, limits: SpanLimits | None
+                    ) -> tuple[list[Any], list[Any], int]:
+    """process_event spans of every corpus event, via the engine and via set_attributes."""
+    exporter, provider = install(monkeypatch, limits)
+    tracing.configure(event_span_ratio=1.0)
+    spans = tracing.event_spans()
+    assert spans is not None
+    calls = 0
+    public = sdk_trace._Span.set_attributes
+
+    def counted(self: Any, attributes: Any) -> None:
+        nonlocal calls
+        calls += 1
+        public(self, attributes)
+
+    monkeypatch.setattr(sdk_trace._Span, "set_attributes", counted)
+    for event in corpus_events():
+        spans.dispatch(lambda ev, name: None, event, event.name)
+    engine_calls = calls
+    engine = list(exporter.get_finished_spans())
+    exporter.clear()
+    tracer = provider.get_tracer("reference")
+    flattener = HeaderFlattener()
+    for event in corpus_events():
+        span = tracer.start_span("process_event")
+        span.set_attributes(flattener.flatten(event))
+        span.end()
+    return engine, list(exporter.get_finished_spans()), engine_calls
+
+
+def test_attributes_equal_what_set_attributes_stores(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine, reference, calls = spans_both_ways(monkeypatch, None)
+    assert calls == 0  # the default limits leave room: no per-attribute validation
+    assert len(engine) == len(reference) == len(EVENT_FRAMES)
+    with_lists = 0
+    for mine, theirs in zip(engine, reference, strict=True):
+        assert dict(mine.attributes) == dict(theirs.attributes)
+        assert list(mine.attributes) == list(theirs.attributes)
+        assert [type(v) for v in mine.attributes.values()] == [
+            type(v) for v in theirs.attributes.values()]
+        assert mine.dropped_attributes == theirs.dropped_attributes == 0
+        with_lists += any(type(v) is tuple for v in mine.attributes.values())
+    assert with_lists > 0  # repeated headers are in the corpus: stored as tuples
+    assert {"event.name", "event.uuid", "event.header.event_date_timestamp"} <= set(
+        engine[0].attributes)
+
+
+@pytest.mark.parametrize("limits", [SpanLimits(max_span_attribute_length=8),
+                                    SpanLimits(max_span_attributes=10)],
+                         ids=["value-length", "attribute-count"])
+def test_span_limits_are_left_to_the_sdk(
+    monkeypatch: pytest.MonkeyPatch, limits: SpanLimits
+) -> None:
+    engine, reference, calls = spans_both_ways(monkeypatch, limits)
+    assert calls == len(EVENT_FRAMES)
+    for mine, theirs in zip(engine, reference, strict=True):
+        assert dict(mine.attributes) == dict(theirs.attributes)
+        assert mine.dropped_attributes == theirs.dropped_attributes
+    if limits.max_span_attribute_length == 8:
+        assert all(len(v) <= 8 for s in engine for v in s.attributes.values()
+                   if isinstance(v, str))
+    else:
+        assert all(len(s.attributes) == 10 for s in engine)
+
+
+def test_another_span_class_gets_set_attributes(monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch)
+    tracing.configure(event_span_ratio=1.0)
+    spans = tracing.event_spans()
+    assert spans is not None
+    received: list[dict[str, Any]] = []
+
+    class Recording(trace.NonRecordingSpan):
+        def is_recording(self) -> bool:
+            return True
+
+        def set_attributes(self, attributes: Any) -> None:
+            received.append(dict(attributes))
+
+    class Tracer:
+        def start_span(self, name: str) -> trace.Span:
+            return Recording(trace.INVALID_SPAN_CONTEXT)
+
+    monkeypatch.setattr(spans, "_tracer", Tracer())
+    (event,) = corpus_events()[:1]
+    spans.dispatch(lambda ev, name: None, event, event.name)
+    assert received == [HeaderFlattener().flatten(event)]
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[ESLServer]:
+    srv = ESLServer()
+    await srv.start()
+    yield srv
+    await srv.stop()
+
+
+async def test_handler_spans_are_children_and_context_is_restored(
+    monkeypatch: pytest.MonkeyPatch, server: ESLServer
+) -> None:
+    exporter, provider = install(monkeypatch)
+    tracing.configure(event_span_ratio=0.5)
+    tracer = provider.get_tracer("handler")
+    outside: list[int] = []
+
+    def handler(event: ESLEvent) -> None:
+        current = trace.get_current_span()
+        if current.is_recording():
+            with tracer.start_as_current_span("handler_work"):
+                pass
+        else:
+            outside.append(current.get_span_context().span_id)
+
+    async with Inbound("127.0.0.1", server.port, "ClueCon", timeout=2) as client:
+        client.on("*", handler)
+        await client.subscribe("ALL")
+        server.broadcast(b"".join(EVENT_FRAMES[:200]))
+        await server.wait_for(lambda: len(exporter.get_finished_spans()) >= 200 + 2)
+    finished = exporter.get_finished_spans()
+    events = {s.context.span_id: s for s in finished if s.name == "process_event"}
+    work = [s for s in finished if s.name == "handler_work"]
+    assert len(events) == len(work) == 100
+    assert all(s.parent is not None and s.parent.span_id in events for s in work)
+    # Untraced events run with the previous span detached (the connection's own context).
+    assert len(outside) == 100 and not set(outside) & set(events)
+
+
+async def test_ratio_is_exact_across_chunks_and_connections(
+    monkeypatch: pytest.MonkeyPatch, server: ESLServer
+) -> None:
+    exporter, _ = install(monkeypatch)
+    tracing.configure(event_span_ratio=0.3)
+    seen = 0
+
+    def count(event: ESLEvent) -> None:
+        nonlocal seen
+        seen += 1
+
+    def reached(total: int) -> Callable[[], bool]:
+        return lambda: seen == total
+
+    for start in (0, 500):
+        async with Inbound("127.0.0.1", server.port, "ClueCon", timeout=2) as client:
+            client.on("*", count)
+            await client.subscribe("ALL")
+            for frame in EVENT_FRAMES[start:start + 500]:  # many small chunks
+                server.broadcast(frame)
+                await asyncio.sleep(0)
+            await server.wait_for(reached(start + 500))
+    traced = [s for s in exporter.get_finished_spans() if s.name == "process_event"]
+    assert len(traced) == 300  # 0.3 of 1000, the count carried over chunks and connections
