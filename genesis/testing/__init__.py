@@ -81,8 +81,9 @@ Extending: ``fs.applications[name] = coroutine`` adds a dialplan application
 coroutine)`` an API command (``async def api(fs, arguments) -> str``).
 
 From the command line: ``python -m genesis.testing --host 127.0.0.1 --port 8021
---password ClueCon``. In pytest: the ``freeswitch`` fixture (see
-:mod:`genesis.testing.plugin`).
+--password ClueCon [--endpoint user/1001=0.5 ...] [--route "5000=127.0.0.1:9000 async
+full" ...]`` (it prints the address it listens on, and stops on SIGINT/SIGTERM). In
+pytest: the ``freeswitch`` fixture (see :mod:`genesis.testing.plugin`).
 """
 
 from __future__ import annotations
