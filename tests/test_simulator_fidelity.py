@@ -179,3 +179,53 @@ async def test_event_counts_match_capture(corpus: Path, scenario_fs: FreeSwitchS
         r"\+OK [0-9a-f-]{36}\n",
         next(e for e in client.events if e.name == "BACKGROUND_JOB").body or "",
     )
+
+
+#: Headers whose values carry the state machine's meaning: they must match the capture
+#: event for event (ids, times and caller names may differ).
+STATE_HEADERS = (
+    "Channel-State",
+    "Channel-Call-State",
+    "Answer-State",
+    "Call-Direction",
+    "Channel-HIT-Dialplan",
+    "Hangup-Cause",
+    "Other-Type",
+    "Application",
+    "Application-Response",
+    "Playback-Status",
+    "DTMF-Digit",
+    "DTMF-Source",
+    "Caller-Direction",
+    "Caller-Logical-Direction",
+    "Caller-Profile-Index",
+)
+
+
+def state_rows(events: list[ESLEvent]) -> dict[tuple[str, ...], list[list[object]]]:
+    """Event-Name sequence -> per event, the STATE_HEADERS values (first channel seen)."""
+    per_channel: dict[str, list[ESLEvent]] = defaultdict(list)
+    for event in events:
+        uuid = event.get("Unique-ID")
+        if isinstance(uuid, str):
+            per_channel[uuid].append(event)
+    rows: dict[tuple[str, ...], list[list[object]]] = {}
+    for channel_events in per_channel.values():
+        names = tuple(first_name(e) for e in channel_events)
+        rows.setdefault(names, [[e.get(h) for h in STATE_HEADERS] for e in channel_events])
+    return rows
+
+
+async def test_state_header_values_match_capture(
+    corpus: Path, scenario_fs: FreeSwitchSimulator
+) -> None:
+    client = await run_corpus_scenario(
+        scenario_fs, (corpus / "plain.sent.bin").read_bytes(), "plain"
+    )
+    real = state_rows(corpus_events(corpus / "plain.bin"))
+    for names, rows in state_rows(client.events).items():
+        for index, (ours, theirs) in enumerate(zip(rows, real[names], strict=True)):
+            assert ours == theirs, (
+                names[index],
+                list(zip(STATE_HEADERS, ours, theirs, strict=True)),
+            )

@@ -290,6 +290,10 @@ async def _uuid_bridge(sim: FreeSwitchSimulator, args: str) -> str:
         me.profile.index += 1
         me.variables["transfer_history"] = history
         me.variables["transfer_source"] = history
+    # The new profiles: the side running the bridge becomes the logical inbound leg,
+    # the other one leaves the dialplan.
+    a.profile.logical_direction = "inbound"
+    b.hit_dialplan = False
 
     def soft_execute(channel: Channel) -> None:
         channel.variables.pop("uuid_bridge", None)

@@ -161,6 +161,7 @@ class Profile:
     orig_caller_id_number: str = ""
     transfer_source: str = ""
     index: int = 1
+    logical_direction: str = ""
 
     def __post_init__(self) -> None:
         self.orig_caller_id_name = self.orig_caller_id_name or self.caller_id_name
@@ -178,7 +179,7 @@ class Profile:
     def headers(self, prefix: str, into: Headers, *, index: bool) -> None:
         p = prefix
         into[f"{p}-Direction"] = self.direction
-        into[f"{p}-Logical-Direction"] = self.direction
+        into[f"{p}-Logical-Direction"] = self.logical_direction or self.direction
         into[f"{p}-Dialplan"] = self.dialplan.lower()
         # FreeSWITCH leaves out the profile fields that are empty.
         for name, value in (
@@ -244,7 +245,7 @@ class Channel:
         self.uuid = channel_uuid or str(uuidlib.uuid4())
         self.name = name
         self.direction = direction
-        self.state = "CS_NEW"
+        self.state = "CS_NONE"
         self.call_state = "DOWN"
         self.answer_state = "ringing"
         self.hangup_cause: str | None = None
@@ -360,17 +361,15 @@ class Channel:
 
     def set_state(self, state: str) -> None:
         self.state = state
-        post = {"Hangup-Cause": self.hangup_cause} if self.hangup_cause else None
-        self.fire("CHANNEL_STATE", post=post)
+        self.fire("CHANNEL_STATE")
 
     def set_call_state(self, call_state: str) -> None:
         original, self.call_state = self.call_state, call_state
-        post = {"Hangup-Cause": self.hangup_cause} if self.hangup_cause else None
         pre = {
             "Original-Channel-Call-State": original,
             "Channel-Call-State-Number": str(CALL_STATE_NUMBERS.get(call_state, 0)),
         }
-        self.fire("CHANNEL_CALLSTATE", pre, post)
+        self.fire("CHANNEL_CALLSTATE", pre)
 
     def mark_ring_ready(self) -> None:
         if self.profile.times.get("Channel-Progress-Time") or self.answer_state != "ringing":
@@ -405,6 +404,7 @@ class Channel:
             self.peer.mark_answered()
             self.peer.profile.flip()
             self.peer.variables["channel_cid_flipped"] = "yes"
+            self.peer.hit_dialplan = True
             self.peer.fire("CALL_UPDATE", {"Direction": "RECV"})
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -494,7 +494,11 @@ class Channel:
                 if response:
                     self.variables["current_application_response"] = response
                 post = self._app_headers(message)
-                post["Application-Response"] = response or "_none_"
+                # The response is the channel variable: an app that sets none reports
+                # what the last one set (park after a broadcast reports FILE PLAYED).
+                post["Application-Response"] = self.variables.get(
+                    "current_application_response", "_none_"
+                )
                 if message.event_uuid:
                     post["Application-UUID"] = post.pop("Application-UUID")
                 self.fire("CHANNEL_EXECUTE_COMPLETE", post=post)
@@ -552,7 +556,14 @@ class Channel:
         self.variables["hangup_cause"] = cause
         self.variables["hangup_cause_q850"] = str(Q850.get(cause, 16))
         self.set_state("CS_REPORTING")
-        self.fire("CHANNEL_HANGUP_COMPLETE", {"Hangup-Cause": cause}, {"Hangup-Cause": cause})
+        if self.sim.wants("CHANNEL_HANGUP_COMPLETE"):
+            # FreeSWITCH writes Hangup-Cause twice here: once for the event, once in
+            # the channel data (a client parsing it sees a list).
+            first = self.sim.identity.common("CHANNEL_HANGUP_COMPLETE")
+            first["Hangup-Cause"] = cause
+            rest: Headers = {}
+            self.data(rest, with_variables=True)
+            self.sim.emit(first, channel_uuid=self.uuid, appended=rest)
         self.sim.channel_gone(self)
         self.fire("CHANNEL_DESTROY", post={"Hangup-Cause": cause})
         self.state = "CS_DESTROY"
@@ -643,7 +654,7 @@ class Channel:
             "Unique-ID": unique_id,
             "Call-Direction": self.direction,
             "Presence-Call-Direction": self.direction,
-            "Channel-HIT-Dialplan": "false",
+            "Channel-HIT-Dialplan": "true" if self.hit_dialplan else "false",
             "Channel-Call-UUID": unique_id,
             "Answer-State": "ringing",
             "Channel-Read-Codec-Name": "L16",

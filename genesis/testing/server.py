@@ -125,7 +125,7 @@ class Emitted:
         self.headers = headers
         self.body = body
         self.appended = appended
-        self.name = (appended or headers)["Event-Name"]
+        self.name = (appended or {}).get("Event-Name") or headers["Event-Name"]
         self.subclass = headers.get("Event-Subclass")
         self.channel_uuid = channel_uuid
         self._frames: dict[str, bytes] = {}
@@ -518,16 +518,25 @@ class FreeSwitchSimulator:
         async def body() -> None:
             channel.set_state("CS_INIT")
             channel.fire("CHANNEL_CREATE")
-            channel.set_call_state("RINGING")
-            await self._route(channel, destination, context)
+            await self._route(channel, destination, context, ringing=True)
 
         channel.start(body)
         self.spawn(self._far_end_after_answer(channel, digits, digit_interval, hangup_after))
         await asyncio.sleep(0)
         return channel
 
-    async def _route(self, channel: Channel, destination: str, context: str) -> None:
+    async def _route(
+        self, channel: Channel, destination: str, context: str, *, ringing: bool = False
+    ) -> None:
+        """CS_ROUTING, then the matching extension's actions in CS_EXECUTE.
+
+        ``ringing``: an inbound call announces RINGING as routing starts (the call state
+        event, already in CS_ROUTING, comes before the state event).
+        """
         route = self.find_route(destination, context)
+        if ringing:
+            channel.state = "CS_ROUTING"
+            channel.set_call_state("RINGING")
         channel.set_state("CS_ROUTING")
         if route is None:
             channel.hangup("NO_ROUTE_DESTINATION")
@@ -858,11 +867,11 @@ class FreeSwitchSimulator:
                     result.set_result(a.hangup_cause or "NORMAL_CLEARING")
 
         async def b_body() -> None:
+            b.hit_dialplan = True
             b.fire_codecs(b.uuid, b.name)
             b.set_state("CS_INIT")
             b.fire("CHANNEL_CREATE")
-            b.set_call_state("RINGING")
-            await self._route(b, extension, context)
+            await self._route(b, extension, context, ringing=True)
 
         a.start(a_body)
         cause = await asyncio.shield(result)
