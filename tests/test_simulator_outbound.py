@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from test_simulator_fidelity import header_sets
+from test_simulator_fidelity import STATE_HEADERS, header_sets
 from test_simulator_support import Esl
 
 from genesis.outbound import Outbound, Session
@@ -97,6 +97,11 @@ async def test_outbound_capture_replayed(
             closest = min(real_sets[name][0], key=lambda v: len(v ^ variant))
             assert variant in real_sets[name][0], (name, variant - closest, closest - variant)
         assert variables <= real_sets[name][1], (name, variables - real_sets[name][1])
+    # And the state headers' values, event for event.
+    real_events = [f for f in real if f.kind == KIND_EVENT]
+    for ours, theirs in zip(session.events, real_events, strict=True):
+        pairs = [(h, ours.get(h), theirs.get(h)) for h in STATE_HEADERS]
+        assert all(a == b for _, a, b in pairs), (ours.name, pairs)
     # The connect reply: one header block, CHANNEL_DATA first, the socket facts last.
     assert connect.content_type == "command/reply"
     assert next(iter(connect.keys())) == "Event-Name" and connect["Event-Name"] == "CHANNEL_DATA"
