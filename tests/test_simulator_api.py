@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from test_simulator_support import Esl
@@ -16,14 +17,14 @@ UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
 @pytest.fixture
-async def client(freeswitch: FreeSwitchSimulator) -> Esl:
+async def client(freeswitch: FreeSwitchSimulator) -> AsyncIterator[Esl]:
     freeswitch.endpoint("user/1001", answer_after=0.05)
     freeswitch.endpoint("user/1002", busy=True)
     freeswitch.endpoint("user/1003", ring_forever=True)
     freeswitch.endpoint("user/1004", fail="CALL_REJECTED")
     esl = await Esl.open(freeswitch)
     await esl.send("event plain ALL")
-    yield esl  # type: ignore[misc]
+    yield esl
     channels = list(freeswitch.channels.values())
     for channel in channels:
         channel.hangup()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid as uuidlib
+from collections.abc import AsyncIterator
 
 import pytest
 from test_simulator_support import Esl
@@ -13,13 +14,13 @@ from genesis.testing import Channel, FreeSwitchSimulator
 
 
 @pytest.fixture
-async def client(freeswitch: FreeSwitchSimulator) -> Esl:
+async def client(freeswitch: FreeSwitchSimulator) -> AsyncIterator[Esl]:
     freeswitch.endpoint("user/1001", answer_after=0)
     freeswitch.endpoint("user/1002", busy=True)
     freeswitch.route("8000", apps=["park"])  # rings, parked, not answered
     esl = await Esl.open(freeswitch)
     await esl.send("event plain ALL")
-    yield esl  # type: ignore[misc]
+    yield esl
     channels = list(freeswitch.channels.values())
     for channel in channels:
         channel.hangup()
@@ -38,7 +39,7 @@ async def execute(
     headers.update({k.replace("_", "-"): v for k, v in extra.items()})
     reply = await client.send(f"sendmsg {uuid}", headers)
     assert reply["Reply-Text"] == "+OK"
-    return event_uuid, dict(reply)
+    return event_uuid, {name: str(value) for name, value in reply.items()}
 
 
 async def completed(client: Esl, event_uuid: str, timeout: float = 5.0) -> dict[str, object]:
@@ -143,7 +144,7 @@ async def test_bridge_and_export(freeswitch: FreeSwitchSimulator, client: Esl) -
     await client.event("CHANNEL_UNBRIDGE", Unique_ID=call.uuid)
     await completed(client, bridge_uuid)
     await completed(client, after)  # the caller continues after the far end hung up
-    create = await client.event("CHANNEL_CREATE", Unique_ID=callee)
+    create = await client.event("CHANNEL_CREATE", Unique_ID=str(callee))
     assert create["variable_shared"] == "yes"
     assert call.variables["last_bridge_to"] == callee
     assert not call.hungup
@@ -267,7 +268,7 @@ async def test_custom_application(freeswitch: FreeSwitchSimulator, client: Esl) 
         channel.variables["shouted"] = arg.upper()
         return "LOUD"
 
-    freeswitch.applications["shout"] = shout  # type: ignore[assignment]
+    freeswitch.applications["shout"] = shout
     call = await inbound(freeswitch, client)
     done = await completed(client, (await execute(client, call.uuid, "shout", "hi"))[0])
     assert done["Application-Response"] == "LOUD" and call.variables["shouted"] == "HI"

@@ -105,10 +105,10 @@ async def test_firehose_delivers_everything_in_order(freeswitch: FreeSwitchSimul
 
 
 async def test_firehose_with_recorded_events(corpus: Path, freeswitch: FreeSwitchSimulator) -> None:
-    recorded = [
-        dict(m) for m in Parser().feed((corpus / "plain.bin").read_bytes()) if m.kind == KIND_EVENT
-    ][:100]
-    recorded = [{k: v for k, v in e.items() if isinstance(v, str)} for e in recorded]
+    parsed = [m for m in Parser().feed((corpus / "plain.bin").read_bytes()) if m.kind == KIND_EVENT]
+    recorded: list[dict[str, str]] = [
+        {k: v for k, v in e.items() if isinstance(v, str)} for e in parsed[:100]
+    ]
     client = await Esl.open(freeswitch)
     await client.send("event json ALL")
     await freeswitch.firehose(300, recorded)

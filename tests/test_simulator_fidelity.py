@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,7 @@ async def run_corpus_scenario(fs: FreeSwitchSimulator, sent: bytes, fmt: str) ->
         f"+OK event listener enabled {fmt}"
     )
     for command in phases["bgapi originate"]:
-        assert (await client.send(command))["Reply-Text"].startswith("+OK Job-UUID: ")
+        assert str((await client.send(command))["Reply-Text"]).startswith("+OK Job-UUID: ")
     await client.wait_for(lambda e: e.name == "BACKGROUND_JOB", count=20)
     await client.wait_for(lambda e: e.name == "CHANNEL_PARK", count=40)
     for command in phases["api uuid_broadcast"]:
@@ -71,10 +72,10 @@ async def run_corpus_scenario(fs: FreeSwitchSimulator, sent: bytes, fmt: str) ->
     await client.wait_for(lambda e: e.name == "PLAYBACK_STOP", count=20)
     await client.wait_for(lambda e: first_name(e) == "COMMAND", count=20)
     for command in phases["api uuid_send_dtmf"]:
-        assert " sent DTMF 1234#." in (await client.send(command)).body
+        assert " sent DTMF 1234#." in ((await client.send(command)).body or "")
     await client.wait_for(lambda e: e.name == "DTMF", count=100)
     for command in phases["api uuid_bridge"]:
-        assert (await client.send(command)).body.startswith("+OK ")
+        assert ((await client.send(command)).body or "").startswith("+OK ")
     await client.wait_for(lambda e: e.name == "CHANNEL_BRIDGE", count=10)
     await client.wait_for(
         lambda e: e.name == "CHANNEL_STATE" and e.get("Channel-State") == "CS_EXCHANGE_MEDIA",
@@ -94,13 +95,13 @@ async def run_corpus_scenario(fs: FreeSwitchSimulator, sent: bytes, fmt: str) ->
 
 
 @pytest.fixture
-async def scenario_fs() -> FreeSwitchSimulator:
+async def scenario_fs() -> AsyncIterator[FreeSwitchSimulator]:
     async with FreeSwitchSimulator(heartbeat=0.2, playback_seconds=0.02) as fs:
         # The capture's client sends the second uuid_kill of a bridged pair while the
         # first kill is still tearing that channel down; FreeSWITCH takes tens of
         # milliseconds there. A wide window keeps the replay exact on a loaded machine.
         fs.teardown_seconds = 0.5
-        yield fs  # type: ignore[misc]
+        yield fs
 
 
 @pytest.mark.parametrize("fmt", ["plain", "json", "xml"])
