@@ -1,4 +1,4 @@
-"""genesis.testing: a FreeSWITCH simulator that speaks the real Event Socket protocol.
+r"""genesis.testing: a FreeSWITCH simulator that speaks the real Event Socket protocol.
 
 Nobody can run FreeSWITCH inside a unit test. :class:`FreeSwitchSimulator` is the next
 best thing: a TCP server on loopback that behaves, byte for byte where it matters, like
@@ -19,6 +19,8 @@ Quick start::
         fs.endpoint("user/1003", ring_forever=True)        # NO_ANSWER when originate times out
         fs.endpoint("user/1004", fail="CALL_REJECTED")     # fails with that cause
         fs.endpoint("user/1005", answer_after=0.2, digits="1#")  # the far end presses 1 then #
+        fs.endpoint("user/1006", answer_after=1, ringing=False)  # no 180: silent until answer
+        fs.endpoint(r"^user/2\d{3}$", answer_after=0.1, hangup_after=2)  # a whole range
         fs.route("5000", socket="127.0.0.1:9000 async full")     # extension -> outbound socket
         fs.route("6000", apps=["answer", "playback ivr/welcome.wav", "hangup"])
         call = await fs.place_call(destination="5000", caller="1000", digits="2")
