@@ -327,3 +327,16 @@ async def test_ipv6_loopback() -> None:
         await client.close()
     finally:
         await fs.stop()
+
+
+async def test_nixevent_out_of_all(freeswitch: FreeSwitchSimulator) -> None:
+    client = await Esl.open(freeswitch)
+    await client.send("event plain ALL")
+    await client.send("nixevent API")
+    await client.send("bgapi status")
+    await client.event("BACKGROUND_JOB")
+    assert "API" not in {e.name for e in client.events}
+    await client.send("event plain API")
+    await client.api("status")
+    await client.event("API")
+    await client.close()

@@ -147,6 +147,7 @@ class Commands:
                 custom = True
             else:
                 listener.events.add(token.upper())
+                listener.nixed.discard(token.upper())
         if custom and not subclasses:
             # A bare CUSTOM takes every subclass.
             listener.events.add("CUSTOM")
@@ -181,16 +182,20 @@ class Commands:
                 listener.all_events = False
                 listener.events.clear()
                 listener.subclasses.clear()
+                listener.nixed.clear()
             elif token.upper() == "CUSTOM":
                 custom = True
             else:
                 listener.events.discard(token.upper())
+                if listener.all_events:
+                    listener.nixed.add(token.upper())
         await listener.send_reply(reply("+OK events nixed"))
 
     async def cmd_noevents(self, listener: Listener, rest: str, frame: CommandFrame) -> None:
         listener.all_events = False
         listener.events.clear()
         listener.subclasses.clear()
+        listener.nixed.clear()
         listener.my_uuid = None
         await listener.send_reply(reply("+OK no longer listening for events"))
 

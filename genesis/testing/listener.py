@@ -167,6 +167,8 @@ class Listener:
         self.all_events = False
         self.events: set[str] = set()
         self.subclasses: set[str] = set()
+        #: names taken out of ``ALL`` by nixevent
+        self.nixed: set[str] = set()
         self.my_uuid: str | None = None
         self.filters: list[Filter] = []
         self.log_level: int | None = None
@@ -190,9 +192,9 @@ class Listener:
         """Could an event called ``name`` pass this connection's subscription?"""
         if self.closed or not self.connected:
             return False
-        return (
-            self.all_events or name in self.events or (name == "CUSTOM" and bool(self.subclasses))
-        )
+        if self.all_events:
+            return name not in self.nixed
+        return name in self.events or (name == "CUSTOM" and bool(self.subclasses))
 
     def accepts(self, event: Emitted) -> bool:
         """FreeSWITCH's delivery rule: subscribed name, myevents channel, then filters."""
@@ -206,7 +208,7 @@ class Listener:
                 self.all_events or event.subclass in self.subclasses or "CUSTOM" in self.events
             ):
                 return False
-        elif not (self.all_events or name in self.events):
+        elif not ((self.all_events and name not in self.nixed) or name in self.events):
             return False
         if self.my_uuid is not None and (
             event.channel_uuid != self.my_uuid or name not in MYEVENTS
