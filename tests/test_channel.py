@@ -84,7 +84,9 @@ async def test_failed_originate_raises_the_cause_at_once(
     cause: str,
 ) -> None:
     fs.endpoint("user/1002", busy=True)
-    fs.endpoint("user/1003", ring_forever=True)
+    # A leg that never signals ringing: with return_ring_ready the originate only fails with
+    # NO_ANSWER when nothing rang before originate_timeout.
+    fs.endpoint("user/1003", ring_forever=True, ringing=False)
     fs.endpoint("user/1004", fail="CALL_REJECTED")
     ring_time = 1.0 if cause == "NO_ANSWER" else 0.0
     started = time.monotonic()
@@ -285,8 +287,21 @@ async def test_unfiltered_connection_gets_no_filter(
     await leg.hangup()
 
 
+async def test_create_returns_at_ring_ready_and_wait_sees_the_answer(
+    fs: FreeSwitchSimulator, client: Inbound
+) -> None:
+    fs.endpoint("user/1001", answer_after=0.8)
+    started = time.monotonic()
+    leg = await asyncio.wait_for(Channel.create(client, "user/1001"), WAIT)
+    assert time.monotonic() - started < 0.6
+    assert not leg.answered
+    await leg.wait(ChannelState.EXECUTE, timeout=WAIT)
+    assert leg.answered and time.monotonic() - started >= 0.8
+    await leg.hangup()
+
+
 async def test_cancelled_create_leaves_no_leg(fs: FreeSwitchSimulator, client: Inbound) -> None:
-    fs.endpoint("user/1001", answer_after=5.0)
+    fs.endpoint("user/1001", answer_after=5.0, ringing=False)
     creating = asyncio.create_task(Channel.create(client, "user/1001"))
     await asyncio.sleep(0.2)
     creating.cancel()
