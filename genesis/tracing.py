@@ -193,8 +193,12 @@ class EventSpans:
             span.set_attributes(attributes)
             return
         stored = bounded._dict
-        for key, value in attributes.items():
-            stored[key] = tuple(value) if type(value) is list else value
+        stored.update(attributes)
+        # Lists (repeated headers, ARRAY:: values) are rare: find them at C speed first.
+        if list in map(type, attributes.values()):
+            for key, value in attributes.items():
+                if type(value) is list:
+                    stored[key] = tuple(value)
 
 
 def _direct_storage() -> tuple[Any, Any]:
