@@ -102,3 +102,35 @@ async def test_command_line_server() -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 20) == 0
+
+
+def test_fixture_without_pytest_asyncio_says_why(tmp_path: Path) -> None:
+    """Installed everywhere by its entry point, the plugin must not break a suite that
+    lacks pytest-asyncio: only a test asking for the fixture fails, with the reason."""
+    (tmp_path / "test_user.py").write_text(
+        "def test_needs_it(freeswitch):\n    pass\n\ndef test_other():\n    pass\n"
+    )
+    runner = textwrap.dedent(
+        """
+        import importlib.util, sys
+        real = importlib.util.find_spec
+        def hide(name, *rest):
+            return None if name == "pytest_asyncio" else real(name, *rest)
+        importlib.util.find_spec = hide
+        import pytest
+        sys.exit(pytest.main(["-q", "-p", "no:asyncio", "-p", "genesis.testing.plugin",
+                              "-p", "no:cacheprovider", sys.argv[1]]))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-c", runner, str(tmp_path / "test_user.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 passed" in result.stdout and "1 error" in result.stdout
+    assert "needs pytest-asyncio" in result.stdout
