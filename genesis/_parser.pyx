@@ -14,18 +14,18 @@ Everything an ``ESLEvent`` points into is a ``bytes`` object it owns a reference
 to; nothing points into the parser's buffer, which moves as data arrives.
 """
 
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, KeysView, Mapping, MutableMapping
 import json
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
-from cpython.list cimport PyList_Append
+from cpython.list cimport PyList_Append, PyList_New, PyList_SET_ITEM
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_GET_LENGTH, PyUnicode_READ_CHAR
 from libc.stdint cimport uint32_t, uint64_t
-from libc.string cimport memchr, memcmp, memcpy, memmove
+from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 
 from genesis.exceptions import ProtocolError
 
@@ -90,6 +90,10 @@ cdef struct _NameSlot:
     const char* utf8
 
 cdef _NameSlot _name_cache[_NAME_CACHE_SIZE]
+# Per cache slot, the last ``ESLEvent._list`` pass that met its name: a slot met
+# twice in one pass is a repeated header name.
+cdef uint32_t _name_seen[_NAME_CACHE_SIZE]
+cdef uint32_t _name_pass = 0
 
 
 cdef inline uint64_t _load8(const char* p) noexcept nogil:
@@ -126,12 +130,39 @@ cdef inline uint64_t _hash_name(const char* p, Py_ssize_t n) noexcept nogil:
     return h ^ (h >> 32)
 
 
+cdef inline bint _same(const char* a, const char* b, Py_ssize_t n) noexcept nogil:
+    """memcmp(a, b, n) == 0 for the short strings the caches confirm, without a call."""
+    cdef Py_ssize_t i = 0
+    if n < 8:
+        while i < n:
+            if a[i] != b[i]:
+                return False
+            i += 1
+        return True
+    while i + 8 <= n:
+        if _load8(a + i) != _load8(b + i):
+            return False
+        i += 8
+    return i == n or _load8(a + n - 8) == _load8(b + n - 8)
+
+
 cdef inline str _decode_bytes(const char* p, Py_ssize_t n):
     return PyUnicode_DecodeUTF8(p, n, "surrogateescape")
 
 
-cdef str _name_str(const char* p, Py_ssize_t n):
+cdef inline str _name_str(const char* p, Py_ssize_t n):
     """The header name at ``p`` as a str, shared across events through the cache."""
+    cdef Py_ssize_t slot
+    return _name_at(p, n, &slot)
+
+
+cdef str _name_at(const char* p, Py_ssize_t n, Py_ssize_t* slot_out):
+    """``_name_str``, also telling the cache slot holding the name (-1: not cached).
+
+    A slot, once filled, holds the same name for the life of the process, so two
+    lines with the same slot carry the same name: that is how an event tells in
+    O(1) per line that none of its names repeats.
+    """
     cdef uint64_t h
     cdef Py_ssize_t i, slot
     cdef _NameSlot* e
@@ -139,6 +170,7 @@ cdef str _name_str(const char* p, Py_ssize_t n):
     cdef PyObject* obj
     cdef const char* utf8
     cdef Py_ssize_t ulen
+    slot_out[0] = -1
     if n > _NAME_CACHE_MAX_LEN:
         return _decode_bytes(p, n)
     h = _hash_name(p, n)
@@ -163,8 +195,10 @@ cdef str _name_str(const char* p, Py_ssize_t n):
             e.length = n
             e.text = obj
             e.utf8 = PyUnicode_AsUTF8AndSize(<object>obj, &ulen)
+            slot_out[0] = slot
             return <str>obj
-        if e.hash == h and e.length == n and memcmp(e.utf8, p, n) == 0:
+        if e.hash == h and e.length == n and _same(e.utf8, p, n):
+            slot_out[0] = slot
             return <str>e.text
     return _decode_bytes(p, n)
 
@@ -250,7 +284,7 @@ cdef str _value_str(const char* p, Py_ssize_t n):
         return _url_decode(p, n)
     h = _hash_name(p, n)
     e = &_value_cache[h & (_VALUE_CACHE_SIZE - 1)]
-    if e.hash == h and e.length == n and e.text != NULL and memcmp(e.raw, p, n) == 0:
+    if e.hash == h and e.length == n and e.text != NULL and _same(e.raw, p, n):
         return <str>e.text
     text = _url_decode(p, n)
     Py_INCREF(text)
@@ -322,9 +356,27 @@ cdef class ESLEvent:
     the offsets of every ``Name: value`` line. Reading a header decodes that header
     only; anything that needs them all (iteration, ``len``, equality, mutation)
     decodes everything once into ``_dict``, which is the truth from then on.
+
+    ``dict(event)`` is the exception, because CPython copies any mapping that is
+    not a dict subclass the slow way: ``keys()``, then one ``event[name]`` per
+    name. Decoding into ``_dict`` first would build every entry twice, so when
+    no name repeats (nearly every event), ``keys()`` decodes every line into
+    ``_cells`` (name, value) and answers with a view over the names; the
+    ``event[name]`` calls that follow come in wire order and are served from the
+    line after the previous one (``_next``). ``_cells`` is a C array, not a
+    list: two more garbage-collected objects per event would make the cyclic GC
+    run (and walk every live event) noticeably more often. Values are shared the
+    way ``_dict`` shares them: ``dict(event)`` and later reads hand out the same
+    ARRAY:: list, which materializing then keeps.
     """
 
     cdef object _dict          # dict once materialized, else None
+    # While lazy, after keys(): per line its name and its value (both str, owned),
+    # or a NULL value for an ARRAY:: list, kept in _arrays by line: a list handed
+    # out could be made to hold the event, and the GC sees no cycle through C.
+    cdef PyObject** _cells
+    cdef dict _arrays
+    cdef Py_ssize_t _next      # line the next __getitem__ most likely asks for
     cdef bytes _raw            # owner of every offset in _lines and of the body
     cdef uint32_t* _lines
     cdef Py_ssize_t _nlines
@@ -347,6 +399,8 @@ cdef class ESLEvent:
 
     def __cinit__(self):
         self._dict = None
+        self._cells = NULL
+        self._arrays = None
         self._raw = None
         self._lines = NULL
         self._nlines = 0
@@ -375,6 +429,7 @@ cdef class ESLEvent:
         self._set_body(body)
 
     def __dealloc__(self):
+        self._drop_cells()
         if self._lines != NULL:
             PyMem_Free(self._lines)
 
@@ -413,8 +468,12 @@ cdef class ESLEvent:
 
     cdef object _lookup(self, object key, object default):
         """Value of ``key`` or ``default``, decoding only the matching lines."""
+        cdef Py_ssize_t i
         if self._dict is not None:
             return (<dict>self._dict).get(key, default)
+        if self._cells != NULL:
+            i = self._cell_index(key)
+            return default if i < 0 else self._cell_value(i)
         if type(key) is not str:
             return default if not isinstance(key, str) else self._materialize().get(key, default)
         return self._scan(<str>key, default)
@@ -460,7 +519,11 @@ cdef class ESLEvent:
         if self._dict is not None:
             return <dict>self._dict
         d = _PyDict_NewPresized(self._nlines)
-        if self._raw is not None:
+        if self._cells != NULL:
+            for i in range(self._nlines):
+                PyDict_SetItem(d, <object>self._cells[2 * i], self._cell_value(i))
+            self._drop_cells()
+        elif self._raw is not None:
             base = PyBytes_AS_STRING(self._raw)
             for i in range(self._nlines):
                 s = self._lines + i * _SLOT
@@ -475,6 +538,86 @@ cdef class ESLEvent:
         self._dict = d
         self._decoded = len(d)
         return d
+
+    cdef bint _list(self) except -1:
+        """Decode a lazy message into ``_cells``; False when a name repeats.
+
+        A repeated name (or one too long or odd for the name cache, which is
+        what tells repeats apart) needs merging into a list: ``_materialize``.
+        """
+        global _name_pass
+        cdef const char* base = PyBytes_AS_STRING(self._raw)
+        cdef uint32_t* s
+        cdef Py_ssize_t i, slot, n = self._nlines
+        cdef PyObject** cells
+        _name_pass += 1
+        if _name_pass == 0:
+            # Wrapped after 2**32 passes: stale marks could pass for this pass.
+            memset(_name_seen, 0, sizeof(_name_seen))
+            _name_pass = 1
+        cells = <PyObject**>PyMem_Malloc((2 * n or 1) * sizeof(PyObject*))
+        if cells == NULL:
+            raise MemoryError()
+        memset(cells, 0, 2 * n * sizeof(PyObject*))
+        # Owned from here on (every filled cell holds a reference): an error or
+        # a repeat below leaves a partly filled array that _drop_cells frees.
+        self._cells = cells
+        for i in range(n):
+            s = self._lines + i * _SLOT
+            name = _name_at(base + s[0], s[1], &slot)
+            if slot < 0 or _name_seen[slot] == _name_pass:
+                self._drop_cells()
+                return False
+            _name_seen[slot] = _name_pass
+            Py_INCREF(name)
+            cells[2 * i] = <PyObject*>name
+            value = self._value_at(i)
+            if type(value) is str:
+                Py_INCREF(value)
+                cells[2 * i + 1] = <PyObject*>value
+            else:
+                if self._arrays is None:
+                    self._arrays = {}
+                self._arrays[i] = value
+            s[3] |= _SEEN
+        self._next = 0
+        self._decoded = n
+        return True
+
+    cdef void _drop_cells(self) noexcept:
+        cdef Py_ssize_t i
+        if self._cells == NULL:
+            return
+        for i in range(2 * self._nlines):
+            Py_XDECREF(self._cells[i])
+        PyMem_Free(self._cells)
+        self._cells = NULL
+        self._arrays = None
+
+    cdef inline object _cell_value(self, Py_ssize_t i):
+        cdef PyObject* cell = self._cells[2 * i + 1]
+        return (<dict>self._arrays)[i] if cell == NULL else <object>cell
+
+    cdef Py_ssize_t _cell_index(self, object key) except -2:
+        """Line of ``key`` among the listed names, or -1.
+
+        ``dict(event)`` asks with the very name objects ``keys()`` gave, in wire
+        order: the line after the previous answer, found by identity, serves it
+        in O(1). Any other order or an equal but distinct str scans the names.
+        """
+        cdef Py_ssize_t i = self._next
+        cdef Py_ssize_t n = self._nlines
+        cdef PyObject** cells = self._cells
+        if i < n and cells[2 * i] == <PyObject*>key:
+            self._next = i + 1
+            return i
+        if not isinstance(key, str):
+            return -1
+        for i in range(n):
+            if cells[2 * i] == <PyObject*>key or <str>cells[2 * i] == key:
+                self._next = i + 1
+                return i
+        return -1
 
     # -- routing ----------------------------------------------------------
 
@@ -610,6 +753,11 @@ cdef class ESLEvent:
         return iter(self._materialize())
 
     def keys(self):
+        if self._dict is None and (self._cells != NULL or self._list()):
+            self._next = 0
+            view = <_Keys>_Keys.__new__(_Keys)
+            view._event = self
+            return view
         return self._materialize().keys()
 
     def items(self):
@@ -692,6 +840,100 @@ cdef class ESLEvent:
 
 
 MutableMapping.register(ESLEvent)
+
+
+cdef class _Keys:
+    """``keys()`` of an event whose values sit in ``_cells``: a live view, like dict_keys.
+
+    Iteration and size come from the name list, so that ``dict(event)`` never
+    builds the event's own dict; everything else is answered by the dict_keys of
+    the materialized event, so the two behave the same.
+    """
+
+    cdef ESLEvent _event
+
+    __hash__ = None
+
+    cdef object _view(self):
+        return self._event._materialize().keys()
+
+    def __iter__(self):
+        cdef ESLEvent ev = self._event
+        cdef Py_ssize_t i
+        cdef list names
+        if ev._dict is not None:
+            return iter(<dict>ev._dict)
+        names = PyList_New(ev._nlines)
+        for i in range(ev._nlines):
+            Py_INCREF(<object>ev._cells[2 * i])
+            PyList_SET_ITEM(names, i, <object>ev._cells[2 * i])
+        return iter(names)
+
+    def __len__(self):
+        if self._event._dict is None:
+            return self._event._nlines
+        return len(<dict>self._event._dict)
+
+    def __contains__(self, key):
+        return key in self._event
+
+    def __reversed__(self):
+        return reversed(self._view())
+
+    @property
+    def mapping(self):
+        return self._view().mapping
+
+    def isdisjoint(self, other):
+        return self._view().isdisjoint(other)
+
+    def __eq__(self, other):
+        return self._view() == other
+
+    def __ne__(self, other):
+        return self._view() != other
+
+    def __lt__(self, other):
+        return self._view() < other
+
+    def __le__(self, other):
+        return self._view() <= other
+
+    def __gt__(self, other):
+        return self._view() > other
+
+    def __ge__(self, other):
+        return self._view() >= other
+
+    def __and__(self, other):
+        return self._view() & other
+
+    def __rand__(self, other):
+        return other & self._view()
+
+    def __or__(self, other):
+        return self._view() | other
+
+    def __ror__(self, other):
+        return other | self._view()
+
+    def __sub__(self, other):
+        return self._view() - other
+
+    def __rsub__(self, other):
+        return other - self._view()
+
+    def __xor__(self, other):
+        return self._view() ^ other
+
+    def __rxor__(self, other):
+        return other ^ self._view()
+
+    def __repr__(self):
+        return repr(self._view())
+
+
+KeysView.register(_Keys)
 
 
 cdef inline void _check_value(object value) except *:

@@ -1,0 +1,125 @@
+"""``keys()`` and ``dict(event)`` of parsed events, over both twins.
+
+The compiled twin answers ``keys()`` of a lazy event with its own view and serves
+the ``event[name]`` calls of ``dict(event)`` from the line index; these tests pin
+that this is invisible: same mapping, same view behaviour, same laziness probe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import KeysView
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+
+def _event(twin: ModuleType, headers: bytes) -> Any:
+    frame = b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % (len(headers) + 1)
+    (message,) = twin.Parser().feed(frame + headers + b"\n")
+    return message
+
+
+HEADERS = (b"Event-Name: CHANNEL_STATE\nUnique-ID: u-1\nChannel-State: CS_INIT\n"
+           b"Caller-Caller-ID-Name: Jane%20Doe\nL: ARRAY%3A%3Ax%7C%3Ay\n")
+EXPECTED = {"Event-Name": "CHANNEL_STATE", "Unique-ID": "u-1", "Channel-State": "CS_INIT",
+            "Caller-Caller-ID-Name": "Jane Doe", "L": ["x", "y"]}
+
+
+def test_dict_of_every_corpus_event_equals_its_copy(twin: ModuleType, corpus: Path) -> None:
+    data = (corpus / "plain.bin").read_bytes()
+    copies = [message.copy() for message in twin.Parser().feed(data)]
+    dicts = [dict(message) for message in twin.Parser().feed(data)]
+    assert dicts == copies
+    # Repeated names (CODEC, CHANNEL_HANGUP_COMPLETE, COMMAND) are in there too.
+    assert any(isinstance(value, list) for d in dicts for value in d.values())
+    assert all(list(d) == list(c) for d, c in zip(dicts, copies, strict=True))
+
+
+def test_dict_merges_repeated_names(twin: ModuleType) -> None:
+    event = _event(twin, b"Event-Name: A\nX: 1\nY: 2\nX: 3\n")
+    assert dict(event) == {"Event-Name": "A", "X": ["1", "3"], "Y": "2"}
+    assert list(event.keys()) == ["Event-Name", "X", "Y"]
+
+
+def test_dict_and_keys_decode_everything_once(twin: ModuleType) -> None:
+    event = _event(twin, HEADERS)
+    assert event.decoded == 0
+    assert dict(event) == EXPECTED
+    assert event.decoded == 5
+    event = _event(twin, HEADERS)
+    assert len(event.keys()) == 5 and event.decoded == 5
+    assert dict(event) == EXPECTED and event.decoded == 5
+
+
+def test_reads_after_keys_in_any_order(twin: ModuleType) -> None:
+    event = _event(twin, HEADERS)
+    names = list(event.keys())
+    assert names == list(EXPECTED)
+    for name in reversed(names):
+        assert event[name] == EXPECTED[name]
+    assert event["Unique-ID"] == "u-1" and event["Unique-ID"] == "u-1"
+    assert event.get("Missing") is None
+    with pytest.raises(KeyError):
+        event["Missing"]
+    assert [event[name] for name in names] == list(EXPECTED.values())
+    assert dict(event) == EXPECTED
+
+
+def test_keys_view_behaves_like_dict_keys(twin: ModuleType) -> None:
+    event = _event(twin, HEADERS)
+    keys = event.keys()
+    reference = EXPECTED.keys()
+    assert isinstance(event.keys(), KeysView)
+    assert len(keys) == 5 and "L" in keys and "Missing" not in keys
+    assert keys == reference and reference == keys and keys == set(EXPECTED)
+    assert (keys != reference) is False and keys != {"L"}
+    assert keys & {"L", "Z"} == {"L"} and {"L", "Z"} & keys == {"L"}
+    assert keys | {"Z"} == set(EXPECTED) | {"Z"} and {"Z"} | keys == set(EXPECTED) | {"Z"}
+    assert keys - {"L"} == set(EXPECTED) - {"L"} and {"L", "Z"} - keys == {"Z"}
+    assert keys ^ {"L", "Z"} == set(EXPECTED) ^ {"L", "Z"}
+    assert keys <= set(EXPECTED) and keys < set(EXPECTED) | {"Z"} and not keys > reference
+    assert keys >= {"L"} and not keys.isdisjoint({"L"})
+    assert list(reversed(keys)) == list(reversed(reference))
+    assert repr(keys) == repr(reference)
+    with pytest.raises(TypeError):
+        hash(keys)
+
+
+def test_keys_view_is_live(twin: ModuleType) -> None:
+    event = _event(twin, HEADERS)
+    keys = event.keys()
+    event["New"] = "v"
+    del event["L"]
+    assert list(keys) == ["Event-Name", "Unique-ID", "Channel-State", "Caller-Caller-ID-Name",
+                          "New"]
+    assert len(keys) == 5 and "New" in keys and "L" not in keys
+    assert dict(event) == {**{k: v for k, v in EXPECTED.items() if k != "L"}, "New": "v"}
+
+
+def test_mutation_after_keys_keeps_decoded_values(twin: ModuleType) -> None:
+    event = _event(twin, HEADERS)
+    event.keys()
+    event["Channel-State"] = "CS_ROUTING"
+    assert event["L"] == ["x", "y"] and event["Caller-Caller-ID-Name"] == "Jane Doe"
+    assert event.name == "CHANNEL_STATE" and event.decoded == 5
+    assert event == {**EXPECTED, "Channel-State": "CS_ROUTING"}
+
+
+def test_dict_shares_array_values_with_the_event(twin: ModuleType) -> None:
+    # As a materialized dict would: the list dict(event) holds is the event's own.
+    event = _event(twin, HEADERS)
+    first = dict(event)
+    first["L"].append("z")
+    assert event["L"] == ["x", "y", "z"]
+    event["New"] = "v"
+    assert event["L"] is first["L"]
+
+
+def test_no_headers_and_non_events(twin: ModuleType) -> None:
+    (empty,) = twin.Parser().feed(b"Content-Length: 1\nContent-Type: text/event-plain\n\n\n")
+    assert dict(empty) == {} and list(empty.keys()) == [] and len(empty.keys()) == 0
+    (reply,) = twin.Parser().feed(b"Content-Type: command/reply\nReply-Text: +OK accepted\n\n")
+    assert dict(reply) == {"Content-Type": "command/reply", "Reply-Text": "+OK accepted"}
+    assert reply.decoded == 2
