@@ -10,8 +10,6 @@ from types import ModuleType
 
 import pytest
 
-pytest_plugins = ["genesis.testing.plugin"]
-
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "corpus" / "freeswitch-1.10.12"
 

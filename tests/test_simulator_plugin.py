@@ -28,7 +28,7 @@ async def test_fixture_is_a_running_simulator(freeswitch: FreeSwitchSimulator) -
 
 
 def test_plugin_loads_in_another_suite(tmp_path: Path) -> None:
-    """A user's suite gets the fixture from the plugin alone (as the entry point does)."""
+    """A user's suite gets the fixture from the installed pytest11 entry point alone."""
     (tmp_path / "test_user.py").write_text(
         textwrap.dedent(
             """
@@ -48,8 +48,6 @@ def test_plugin_loads_in_another_suite(tmp_path: Path) -> None:
             "-m",
             "pytest",
             "-q",
-            "-p",
-            "genesis.testing.plugin",
             "-o",
             "asyncio_mode=auto",
             "-p",
@@ -118,8 +116,7 @@ def test_fixture_without_pytest_asyncio_says_why(tmp_path: Path) -> None:
             return None if name == "pytest_asyncio" else real(name, *rest)
         importlib.util.find_spec = hide
         import pytest
-        sys.exit(pytest.main(["-q", "-p", "no:asyncio", "-p", "genesis.testing.plugin",
-                              "-p", "no:cacheprovider", sys.argv[1]]))
+        sys.exit(pytest.main(["-q", "-p", "no:asyncio", "-p", "no:cacheprovider", sys.argv[1]]))
         """
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
