@@ -29,6 +29,9 @@ from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 
 from genesis.exceptions import ProtocolError
 
+cdef extern from *:
+    void __builtin_prefetch(const void* addr) noexcept nogil
+
 cdef extern from "Python.h":
     dict _PyDict_NewPresized(Py_ssize_t minused)
     PyObject* PyDict_SetDefault(object d, object key, object default) except NULL
@@ -69,9 +72,16 @@ cdef enum:
     _NAME_CACHE_MAX_LEN = 64
     _NAME_CACHE_SIZE = 2048
     _NAME_CACHE_PROBE = 8
+    # With these bytes a _NameSlot is 64 bytes, one cache line.
+    _NAME_INLINE = 36
     # 40 bytes hold a UUID (36); with the hash and the str pointer a slot is 64 bytes.
     _VALUE_CACHE_MAX_LEN = 40
     _VALUE_CACHE_SIZE = 4096
+    # How many lines ahead ESLEvent._list prefetches cache slots, and the size of
+    # its ring of hashes (more than _AHEAD: a line's entry must outlive the
+    # prefetch issued for the line _AHEAD after it).
+    _AHEAD = 4
+    _RING = 8
 
 # Marks "no value" where None is a legitimate default.
 _MISSING = object()
@@ -85,9 +95,12 @@ _ARRAY_SEP = "|:"
 
 cdef struct _NameSlot:
     uint64_t hash
-    Py_ssize_t length
     PyObject* text
     const char* utf8
+    uint32_t length
+    # A name this short is confirmed here, in the slot's cache line, without
+    # reading the str object: a hit then costs one memory access, not two.
+    char raw[_NAME_INLINE]
 
 cdef _NameSlot _name_cache[_NAME_CACHE_SIZE]
 # Per cache slot, the last ``ESLEvent._list`` pass that met its name: a slot met
@@ -156,24 +169,40 @@ cdef inline str _name_str(const char* p, Py_ssize_t n):
     return _name_at(p, n, &slot)
 
 
-cdef str _name_at(const char* p, Py_ssize_t n, Py_ssize_t* slot_out):
+cdef inline str _name_at(const char* p, Py_ssize_t n, Py_ssize_t* slot_out):
     """``_name_str``, also telling the cache slot holding the name (-1: not cached).
 
     A slot, once filled, holds the same name for the life of the process, so two
     lines with the same slot carry the same name: that is how an event tells in
     O(1) per line that none of its names repeats.
     """
-    cdef uint64_t h
+    return _name_hashed(p, n, _hash_name(p, n), slot_out)
+
+
+cdef str _name_hashed(const char* p, Py_ssize_t n, uint64_t h, Py_ssize_t* slot_out):
+    """``_name_at`` with the name's ``_hash_name`` already computed."""
+    cdef Py_ssize_t slot = _name_slot(p, n, h)
+    slot_out[0] = slot
+    if slot >= 0:
+        return <str>_name_cache[slot].text
+    return _decode_bytes(p, n)
+
+
+cdef Py_ssize_t _name_slot(const char* p, Py_ssize_t n, uint64_t h) except -2:
+    """The name cache slot holding the name at ``p`` (filled if need be), or -1.
+
+    -1 means the name is not cached: too long, not valid UTF-8, or its probe
+    sequence is full. The caller reads the str from the slot itself, so a hit
+    touches nothing but the slot.
+    """
     cdef Py_ssize_t i, slot
     cdef _NameSlot* e
     cdef str text
     cdef PyObject* obj
     cdef const char* utf8
     cdef Py_ssize_t ulen
-    slot_out[0] = -1
     if n > _NAME_CACHE_MAX_LEN:
-        return _decode_bytes(p, n)
-    h = _hash_name(p, n)
+        return -1
     for i in range(_NAME_CACHE_PROBE):
         slot = <Py_ssize_t>((h + <uint64_t>i) & (_NAME_CACHE_SIZE - 1))
         e = &_name_cache[slot]
@@ -183,24 +212,24 @@ cdef str _name_at(const char* p, Py_ssize_t n, Py_ssize_t* slot_out):
                 utf8 = PyUnicode_AsUTF8AndSize(text, &ulen)
             except UnicodeEncodeError:
                 # A name carrying lone surrogates has no UTF-8 form to compare with.
-                return text
+                return -1
             if ulen != n:
-                return text
+                return -1
             # InternInPlace consumes the reference it is given and may hand back an
             # equal, already interned str: the one it returns is the cache's own.
             Py_INCREF(text)
             obj = <PyObject*>text
             PyUnicode_InternInPlace(&obj)
             e.hash = h
-            e.length = n
+            e.length = <uint32_t>n
             e.text = obj
             e.utf8 = PyUnicode_AsUTF8AndSize(<object>obj, &ulen)
-            slot_out[0] = slot
-            return <str>obj
-        if e.hash == h and e.length == n and _same(e.utf8, p, n):
-            slot_out[0] = slot
-            return <str>e.text
-    return _decode_bytes(p, n)
+            memcpy(e.raw, p, n if n < _NAME_INLINE else _NAME_INLINE)
+            return slot
+        if e.hash == h and e.length == n and (
+                _same(e.raw, p, n) if n <= _NAME_INLINE else _same(e.utf8, p, n)):
+            return slot
+    return -1
 
 
 cdef inline int _hexval(unsigned char c) noexcept nogil:
@@ -267,8 +296,15 @@ cdef struct _ValueSlot:
 cdef _ValueSlot _value_cache[_VALUE_CACHE_SIZE]
 
 
-cdef str _value_str(const char* p, Py_ssize_t n):
-    """URL-decode a header value, sharing the str of a short one with earlier events.
+cdef inline str _value_str(const char* p, Py_ssize_t n):
+    """URL-decode a header value, sharing the str of a short one with earlier events."""
+    if n > _VALUE_CACHE_MAX_LEN:
+        return _url_decode(p, n)
+    return _value_hashed(p, n, _hash_name(p, n))
+
+
+cdef str _value_hashed(const char* p, Py_ssize_t n, uint64_t h):
+    """``_value_str`` with the value's ``_hash_name`` already computed.
 
     Almost every value repeats from event to event: tokens (``true``, ``8000``,
     ``CS_EXECUTE``) and the channel UUIDs that every event of a call carries. The
@@ -277,12 +313,10 @@ cdef str _value_str(const char* p, Py_ssize_t n):
     slot, so one-off values (timestamps, sequence numbers) cycle through it without
     pinning memory, and a hostile peer can only make it miss.
     """
-    cdef uint64_t h
     cdef _ValueSlot* e
     cdef str text
     if n > _VALUE_CACHE_MAX_LEN:
         return _url_decode(p, n)
-    h = _hash_name(p, n)
     e = &_value_cache[h & (_VALUE_CACHE_SIZE - 1)]
     if e.hash == h and e.length == n and e.text != NULL and _same(e.raw, p, n):
         return <str>e.text
@@ -315,6 +349,19 @@ cdef object _merge(object old, object value):
     else:
         merged.append(value)
     return merged
+
+
+cdef inline object _line_value(const char* base, uint32_t* s, bint urlenc):
+    """The value of the indexed line ``s``: decoded, an ARRAY:: value split."""
+    cdef uint32_t n = s[3] & _LEN_MASK
+    return _split_value(_value_str(base + s[2], n) if urlenc else _decode_bytes(base + s[2], n))
+
+
+cdef inline object _split_value(str v):
+    # Only a value starting with 'A' once decoded can be ARRAY:: (%41 decodes to it).
+    if PyUnicode_GET_LENGTH(v) >= 7 and PyUnicode_READ_CHAR(v, 0) == 65:
+        return _split_array(v)
+    return v
 
 
 cdef inline bint _is_digits(const char* p, Py_ssize_t n) noexcept nogil:
@@ -371,9 +418,10 @@ cdef class ESLEvent:
     """
 
     cdef object _dict          # dict once materialized, else None
-    # While lazy, after keys(): per line its name and its value (both str, owned),
-    # or a NULL value for an ARRAY:: list, kept in _arrays by line: a list handed
-    # out could be made to hold the event, and the GC sees no cycle through C.
+    # While lazy, after keys(): per line its name (borrowed: a name cache entry
+    # lives as long as the process) and its value (owned), or a NULL value for an
+    # ARRAY:: list, kept in _arrays by line: a list handed out could be made to
+    # hold the event, and the GC sees no cycle through C.
     cdef PyObject** _cells
     cdef dict _arrays
     cdef Py_ssize_t _next      # line the next __getitem__ most likely asks for
@@ -453,18 +501,7 @@ cdef class ESLEvent:
     # -- lazy access ------------------------------------------------------
 
     cdef object _value_at(self, Py_ssize_t i):
-        cdef const char* base = PyBytes_AS_STRING(self._raw)
-        cdef uint32_t* s = self._lines + i * _SLOT
-        cdef str v
-        cdef uint32_t n = s[3] & _LEN_MASK
-        if self._urlenc:
-            v = _value_str(base + s[2], n)
-        else:
-            v = _decode_bytes(base + s[2], n)
-        # Only a value starting with 'A' once decoded can be ARRAY:: (%41 decodes to it).
-        if PyUnicode_GET_LENGTH(v) >= 7 and PyUnicode_READ_CHAR(v, 0) == 65:
-            return _split_array(v)
-        return v
+        return _line_value(PyBytes_AS_STRING(self._raw), self._lines + i * _SLOT, self._urlenc)
 
     cdef object _lookup(self, object key, object default):
         """Value of ``key`` or ``default``, decoding only the matching lines."""
@@ -548,8 +585,13 @@ cdef class ESLEvent:
         global _name_pass
         cdef const char* base = PyBytes_AS_STRING(self._raw)
         cdef uint32_t* s
-        cdef Py_ssize_t i, slot, n = self._nlines
+        cdef Py_ssize_t i, j, slot, vn, n = self._nlines
         cdef PyObject** cells
+        cdef bint urlenc = self._urlenc
+        # Hashes of the lines ahead, whose cache slots are being prefetched: the
+        # two cache lookups of a line are mostly waiting on memory, and the lines
+        # of one event are independent, so the waits can overlap.
+        cdef uint64_t name_h[_RING], value_h[_RING]
         _name_pass += 1
         if _name_pass == 0:
             # Wrapped after 2**32 passes: stale marks could pass for this pass.
@@ -559,19 +601,35 @@ cdef class ESLEvent:
         if cells == NULL:
             raise MemoryError()
         memset(cells, 0, 2 * n * sizeof(PyObject*))
-        # Owned from here on (every filled cell holds a reference): an error or
-        # a repeat below leaves a partly filled array that _drop_cells frees.
+        # Owned from here on (every filled value cell holds a reference): an error
+        # or a repeat below leaves a partly filled array that _drop_cells frees.
         self._cells = cells
-        for i in range(n):
+        for i in range(-_AHEAD, n):
+            j = i + _AHEAD
+            if j < n:
+                s = self._lines + j * _SLOT
+                name_h[j % _RING] = _hash_name(base + s[0], s[1])
+                __builtin_prefetch(&_name_cache[name_h[j % _RING] & (_NAME_CACHE_SIZE - 1)])
+                vn = s[3] & _LEN_MASK
+                if urlenc and vn <= _VALUE_CACHE_MAX_LEN:
+                    value_h[j % _RING] = _hash_name(base + s[2], vn)
+                    __builtin_prefetch(&_value_cache[value_h[j % _RING] & (_VALUE_CACHE_SIZE - 1)])
+            if i < 0:
+                continue
             s = self._lines + i * _SLOT
-            name = _name_at(base + s[0], s[1], &slot)
+            slot = _name_slot(base + s[0], s[1], name_h[i % _RING])
             if slot < 0 or _name_seen[slot] == _name_pass:
                 self._drop_cells()
                 return False
             _name_seen[slot] = _name_pass
-            Py_INCREF(name)
-            cells[2 * i] = <PyObject*>name
-            value = self._value_at(i)
+            cells[2 * i] = _name_cache[slot].text
+            vn = s[3] & _LEN_MASK
+            if not urlenc:
+                value = _split_value(_decode_bytes(base + s[2], vn))
+            elif vn <= _VALUE_CACHE_MAX_LEN:
+                value = _split_value(_value_hashed(base + s[2], vn, value_h[i % _RING]))
+            else:
+                value = _split_value(_url_decode(base + s[2], vn))
             if type(value) is str:
                 Py_INCREF(value)
                 cells[2 * i + 1] = <PyObject*>value
@@ -588,8 +646,8 @@ cdef class ESLEvent:
         cdef Py_ssize_t i
         if self._cells == NULL:
             return
-        for i in range(2 * self._nlines):
-            Py_XDECREF(self._cells[i])
+        for i in range(self._nlines):
+            Py_XDECREF(self._cells[2 * i + 1])
         PyMem_Free(self._cells)
         self._cells = NULL
         self._arrays = None
@@ -704,7 +762,15 @@ cdef class ESLEvent:
     # -- mapping protocol -------------------------------------------------
 
     def __getitem__(self, key):
-        if self._dict is not None:
+        cdef Py_ssize_t i = self._next
+        cdef PyObject* cell
+        if self._cells != NULL:
+            # dict(event): the next line, by identity (see _cell_index).
+            if i < self._nlines and self._cells[2 * i] == <PyObject*>key:
+                self._next = i + 1
+                cell = self._cells[2 * i + 1]
+                return (<dict>self._arrays)[i] if cell == NULL else <object>cell
+        elif self._dict is not None:
             return (<dict>self._dict)[key]
         value = self._lookup(key, _MISSING)
         if value is _MISSING:
