@@ -103,9 +103,10 @@ cdef struct _NameSlot:
     char raw[_NAME_INLINE]
 
 cdef _NameSlot _name_cache[_NAME_CACHE_SIZE]
-# Per cache slot, the last ``ESLEvent._list`` pass that met its name: a slot met
-# twice in one pass is a repeated header name.
+# Per cache slot, the last ``ESLEvent._list`` pass that met its name (a slot met
+# twice in one pass is a repeated header name) and the cell it got in that pass.
 cdef uint32_t _name_seen[_NAME_CACHE_SIZE]
+cdef uint32_t _name_cell[_NAME_CACHE_SIZE]
 cdef uint32_t _name_pass = 0
 
 
@@ -406,11 +407,11 @@ cdef class ESLEvent:
 
     ``dict(event)`` is the exception, because CPython copies any mapping that is
     not a dict subclass the slow way: ``keys()``, then one ``event[name]`` per
-    name. Decoding into ``_dict`` first would build every entry twice, so when
-    no name repeats (nearly every event), ``keys()`` decodes every line into
-    ``_cells`` (name, value) and answers with a view over the names; the
-    ``event[name]`` calls that follow come in wire order and are served from the
-    line after the previous one (``_next``). ``_cells`` is a C array, not a
+    name. Decoding into ``_dict`` first would build every entry twice, so
+    ``keys()`` decodes the lines into ``_cells``, one (name, value) per distinct
+    name in wire order, and answers with a view over the names; the
+    ``event[name]`` calls that follow come in that order and are served from the
+    cell after the previous one (``_next``). ``_cells`` is a C array, not a
     list: two more garbage-collected objects per event would make the cyclic GC
     run (and walk every live event) noticeably more often. Values are shared the
     way ``_dict`` shares them: ``dict(event)`` and later reads hand out the same
@@ -418,11 +419,13 @@ cdef class ESLEvent:
     """
 
     cdef object _dict          # dict once materialized, else None
-    # While lazy, after keys(): per line its name (borrowed: a name cache entry
-    # lives as long as the process) and its value (owned), or a NULL value for an
-    # ARRAY:: list, kept in _arrays by line: a list handed out could be made to
-    # hold the event, and the GC sees no cycle through C.
+    # While lazy, after keys(): per distinct name (_ncells of them) the name
+    # (borrowed: a name cache entry lives as long as the process) and its value
+    # (owned), or a NULL value for a list (ARRAY:: or repeated name), kept in
+    # _arrays by cell: a list handed out could be made to hold the event, and
+    # the GC sees no cycle through C.
     cdef PyObject** _cells
+    cdef Py_ssize_t _ncells
     cdef dict _arrays
     cdef Py_ssize_t _next      # line the next __getitem__ most likely asks for
     cdef bytes _raw            # owner of every offset in _lines and of the body
@@ -557,7 +560,7 @@ cdef class ESLEvent:
             return <dict>self._dict
         d = _PyDict_NewPresized(self._nlines)
         if self._cells != NULL:
-            for i in range(self._nlines):
+            for i in range(self._ncells):
                 PyDict_SetItem(d, <object>self._cells[2 * i], self._cell_value(i))
             self._drop_cells()
         elif self._raw is not None:
@@ -577,15 +580,15 @@ cdef class ESLEvent:
         return d
 
     cdef bint _list(self) except -1:
-        """Decode a lazy message into ``_cells``; False when a name repeats.
+        """Decode a lazy message into ``_cells``; False for a name the cache refuses.
 
-        A repeated name (or one too long or odd for the name cache, which is
-        what tells repeats apart) needs merging into a list: ``_materialize``.
+        Repeats are told apart by name cache slot, so a name too long or odd
+        for the cache leaves the message to ``_materialize``.
         """
         global _name_pass
         cdef const char* base = PyBytes_AS_STRING(self._raw)
         cdef uint32_t* s
-        cdef Py_ssize_t i, j, slot, vn, n = self._nlines
+        cdef Py_ssize_t i, j, slot, vn, cell, n = self._nlines
         cdef PyObject** cells
         cdef bint urlenc = self._urlenc
         # Hashes of the lines ahead, whose cache slots are being prefetched: the
@@ -602,8 +605,9 @@ cdef class ESLEvent:
             raise MemoryError()
         memset(cells, 0, 2 * n * sizeof(PyObject*))
         # Owned from here on (every filled value cell holds a reference): an error
-        # or a repeat below leaves a partly filled array that _drop_cells frees.
+        # or a refused name below leaves a partly filled array that _drop_cells frees.
         self._cells = cells
+        self._ncells = 0
         for i in range(-_AHEAD, n):
             j = i + _AHEAD
             if j < n:
@@ -618,11 +622,9 @@ cdef class ESLEvent:
                 continue
             s = self._lines + i * _SLOT
             slot = _name_slot(base + s[0], s[1], name_h[i % _RING])
-            if slot < 0 or _name_seen[slot] == _name_pass:
+            if slot < 0:
                 self._drop_cells()
                 return False
-            _name_seen[slot] = _name_pass
-            cells[2 * i] = _name_cache[slot].text
             vn = s[3] & _LEN_MASK
             if not urlenc:
                 value = _split_value(_decode_bytes(base + s[2], vn))
@@ -630,23 +632,38 @@ cdef class ESLEvent:
                 value = _split_value(_value_hashed(base + s[2], vn, value_h[i % _RING]))
             else:
                 value = _split_value(_url_decode(base + s[2], vn))
+            s[3] |= _SEEN
+            if _name_seen[slot] == _name_pass:
+                # A repeated name: one list in wire order, at its first cell.
+                cell = _name_cell[slot]
+                merged = _merge(self._cell_value(cell), value)
+                Py_XDECREF(cells[2 * cell + 1])
+                cells[2 * cell + 1] = NULL
+                if self._arrays is None:
+                    self._arrays = {}
+                self._arrays[cell] = merged
+                continue
+            cell = self._ncells
+            _name_seen[slot] = _name_pass
+            _name_cell[slot] = <uint32_t>cell
+            cells[2 * cell] = _name_cache[slot].text
             if type(value) is str:
                 Py_INCREF(value)
-                cells[2 * i + 1] = <PyObject*>value
+                cells[2 * cell + 1] = <PyObject*>value
             else:
                 if self._arrays is None:
                     self._arrays = {}
-                self._arrays[i] = value
-            s[3] |= _SEEN
+                self._arrays[cell] = value
+            self._ncells = cell + 1
         self._next = 0
-        self._decoded = n
+        self._decoded = self._ncells
         return True
 
     cdef void _drop_cells(self) noexcept:
         cdef Py_ssize_t i
         if self._cells == NULL:
             return
-        for i in range(self._nlines):
+        for i in range(self._ncells):
             Py_XDECREF(self._cells[2 * i + 1])
         PyMem_Free(self._cells)
         self._cells = NULL
@@ -657,14 +674,14 @@ cdef class ESLEvent:
         return (<dict>self._arrays)[i] if cell == NULL else <object>cell
 
     cdef Py_ssize_t _cell_index(self, object key) except -2:
-        """Line of ``key`` among the listed names, or -1.
+        """Cell of ``key`` among the listed names, or -1.
 
         ``dict(event)`` asks with the very name objects ``keys()`` gave, in wire
-        order: the line after the previous answer, found by identity, serves it
+        order: the cell after the previous answer, found by identity, serves it
         in O(1). Any other order or an equal but distinct str scans the names.
         """
         cdef Py_ssize_t i = self._next
-        cdef Py_ssize_t n = self._nlines
+        cdef Py_ssize_t n = self._ncells
         cdef PyObject** cells = self._cells
         if i < n and cells[2 * i] == <PyObject*>key:
             self._next = i + 1
@@ -766,7 +783,7 @@ cdef class ESLEvent:
         cdef PyObject* cell
         if self._cells != NULL:
             # dict(event): the next line, by identity (see _cell_index).
-            if i < self._nlines and self._cells[2 * i] == <PyObject*>key:
+            if i < self._ncells and self._cells[2 * i] == <PyObject*>key:
                 self._next = i + 1
                 cell = self._cells[2 * i + 1]
                 return (<dict>self._arrays)[i] if cell == NULL else <object>cell
@@ -929,15 +946,15 @@ cdef class _Keys:
         cdef list names
         if ev._dict is not None:
             return iter(<dict>ev._dict)
-        names = PyList_New(ev._nlines)
-        for i in range(ev._nlines):
+        names = PyList_New(ev._ncells)
+        for i in range(ev._ncells):
             Py_INCREF(<object>ev._cells[2 * i])
             PyList_SET_ITEM(names, i, <object>ev._cells[2 * i])
         return iter(names)
 
     def __len__(self):
         if self._event._dict is None:
-            return self._event._nlines
+            return self._event._ncells
         return len(<dict>self._event._dict)
 
     def __contains__(self, key):

@@ -40,7 +40,18 @@ def test_dict_of_every_corpus_event_equals_its_copy(twin: ModuleType, corpus: Pa
 def test_dict_merges_repeated_names(twin: ModuleType) -> None:
     event = _event(twin, b"Event-Name: A\nX: 1\nY: 2\nX: 3\n")
     assert dict(event) == {"Event-Name": "A", "X": ["1", "3"], "Y": "2"}
+    assert event.decoded == 3
     assert list(event.keys()) == ["Event-Name", "X", "Y"]
+
+
+def test_repeats_and_arrays_merge_in_wire_order(twin: ModuleType) -> None:
+    event = _event(twin, b"A: ARRAY%3A%3A1%7C%3A2\nB: b\nA: 3\nC: c\nA: ARRAY%3A%3A4%7C%3A5\n"
+                         b"B: ARRAY%3A%3Ax%7C%3Ay\n")
+    keys = event.keys()
+    assert len(keys) == 3 and event.decoded == 3
+    assert event["C"] == "c" and event["B"] == ["b", "x", "y"]
+    assert dict(event) == {"A": ["1", "2", "3", "4", "5"], "B": ["b", "x", "y"], "C": "c"}
+    assert list(keys) == ["A", "B", "C"]
 
 
 def test_dict_and_keys_decode_everything_once(twin: ModuleType) -> None:
