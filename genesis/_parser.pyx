@@ -19,7 +19,7 @@ import json
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
-from cpython.list cimport PyList_Append, PyList_New, PyList_SET_ITEM
+from cpython.list cimport PyList_Append
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
@@ -928,7 +928,7 @@ MutableMapping.register(ESLEvent)
 cdef class _Keys:
     """``keys()`` of an event whose values sit in ``_cells``: a live view, like dict_keys.
 
-    Iteration and size come from the name list, so that ``dict(event)`` never
+    Iteration and size come from the cells, so that ``dict(event)`` never
     builds the event's own dict; everything else is answered by the dict_keys of
     the materialized event, so the two behave the same.
     """
@@ -942,15 +942,13 @@ cdef class _Keys:
 
     def __iter__(self):
         cdef ESLEvent ev = self._event
-        cdef Py_ssize_t i
-        cdef list names
+        cdef _KeyIter it
         if ev._dict is not None:
             return iter(<dict>ev._dict)
-        names = PyList_New(ev._ncells)
-        for i in range(ev._ncells):
-            Py_INCREF(<object>ev._cells[2 * i])
-            PyList_SET_ITEM(names, i, <object>ev._cells[2 * i])
-        return iter(names)
+        it = <_KeyIter>_KeyIter.__new__(_KeyIter)
+        it._event = ev
+        it._size = ev._ncells
+        return it
 
     def __len__(self):
         if self._event._dict is None:
@@ -1017,6 +1015,43 @@ cdef class _Keys:
 
 
 KeysView.register(_Keys)
+
+
+cdef class _KeyIter:
+    """Iterator of a ``_Keys`` view, read straight from the cells (no list built).
+
+    A mutation materializes the event mid-way: iteration then goes on over its
+    dict from the same position, and raises as a dict_keys iterator would when
+    the number of names changed.
+    """
+
+    cdef ESLEvent _event
+    cdef Py_ssize_t _i
+    cdef Py_ssize_t _size
+    cdef object _rest
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef ESLEvent ev = self._event
+        cdef Py_ssize_t i = self._i
+        if ev._cells != NULL:
+            if i >= ev._ncells:
+                raise StopIteration
+            self._i = i + 1
+            return <object>ev._cells[2 * i]
+        if self._rest is None:
+            if len(<dict>ev._dict) != self._size:
+                raise RuntimeError("dictionary changed size during iteration")
+            rest = iter(<dict>ev._dict)
+            for _ in range(i):
+                next(rest)
+            self._rest = rest
+        return next(self._rest)
+
+    def __length_hint__(self):
+        return self._size - self._i
 
 
 cdef inline void _check_value(object value) except *:

@@ -109,6 +109,24 @@ def test_keys_view_is_live(twin: ModuleType) -> None:
     assert dict(event) == {**{k: v for k, v in EXPECTED.items() if k != "L"}, "New": "v"}
 
 
+def test_mutation_while_iterating_keys_is_a_dicts(twin: ModuleType) -> None:
+    event = _event(twin, HEADERS)
+    view = event.keys()
+    for name in view:
+        event[name] = "x"
+    assert dict(event) == dict.fromkeys(EXPECTED, "x")
+    event = _event(twin, HEADERS)
+    view = event.keys()
+    with pytest.raises(RuntimeError):
+        for name in view:
+            del event[name]
+    event = _event(twin, HEADERS)
+    walk = iter(event.keys())
+    assert [next(walk), next(walk)] == ["Event-Name", "Unique-ID"]
+    event["Unique-ID"] = "u-2"
+    assert list(walk) == ["Channel-State", "Caller-Caller-ID-Name", "L"]
+
+
 def test_mutation_after_keys_keeps_decoded_values(twin: ModuleType) -> None:
     event = _event(twin, HEADERS)
     event.keys()
