@@ -594,7 +594,8 @@ cdef class ESLEvent:
         # Hashes of the lines ahead, whose cache slots are being prefetched: the
         # two cache lookups of a line are mostly waiting on memory, and the lines
         # of one event are independent, so the waits can overlap.
-        cdef uint64_t name_h[_RING], value_h[_RING]
+        cdef uint64_t name_h[_RING]
+        cdef uint64_t value_h[_RING]
         _name_pass += 1
         if _name_pass == 0:
             # Wrapped after 2**32 passes: stale marks could pass for this pass.
