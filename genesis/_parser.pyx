@@ -596,11 +596,13 @@ cdef class ESLEvent:
         # of one event are independent, so the waits can overlap.
         cdef uint64_t name_h[_RING]
         cdef uint64_t value_h[_RING]
+        cdef uint32_t this_pass
         _name_pass += 1
         if _name_pass == 0:
             # Wrapped after 2**32 passes: stale marks could pass for this pass.
             memset(_name_seen, 0, sizeof(_name_seen))
             _name_pass = 1
+        this_pass = _name_pass
         cells = <PyObject**>PyMem_Malloc((2 * n or 1) * sizeof(PyObject*))
         if cells == NULL:
             raise MemoryError()
@@ -634,7 +636,12 @@ cdef class ESLEvent:
             else:
                 value = _split_value(_url_decode(base + s[2], vn))
             s[3] |= _SEEN
-            if _name_seen[slot] == _name_pass:
+            if _name_pass != this_pass:
+                # An allocation above ran the GC, and a finalizer listed another
+                # message: the marks are its now. Leave this one to _materialize.
+                self._drop_cells()
+                return False
+            if _name_seen[slot] == this_pass:
                 # A repeated name: one list in wire order, at its first cell.
                 cell = _name_cell[slot]
                 merged = _merge(self._cell_value(cell), value)
@@ -645,7 +652,7 @@ cdef class ESLEvent:
                 self._arrays[cell] = merged
                 continue
             cell = self._ncells
-            _name_seen[slot] = _name_pass
+            _name_seen[slot] = this_pass
             _name_cell[slot] = <uint32_t>cell
             cells[2 * cell] = _name_cache[slot].text
             if type(value) is str:

@@ -7,6 +7,7 @@ that this is invisible: same mapping, same view behaviour, same laziness probe.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import KeysView
 from pathlib import Path
 from types import ModuleType
@@ -152,3 +153,30 @@ def test_no_headers_and_non_events(twin: ModuleType) -> None:
     (reply,) = twin.Parser().feed(b"Content-Type: command/reply\nReply-Text: +OK accepted\n\n")
     assert dict(reply) == {"Content-Type": "command/reply", "Reply-Text": "+OK accepted"}
     assert reply.decoded == 2
+
+
+def test_keys_reentered_from_a_finalizer(twin: ModuleType) -> None:
+    # The ARRAY:: list allocated while listing the first event starts a collection
+    # whose finalizer lists another event: the repeat of B must still merge.
+    event = _event(twin, b"B: b\nA: ARRAY%3A%3A1%7C%3A2\nB: c\n")
+    other = _event(twin, HEADERS)
+    seen: list[list[str]] = []
+
+    class Finalized:
+        def __init__(self) -> None:
+            self.cycle = self
+
+        def __del__(self) -> None:
+            seen.append(list(other.keys()))
+
+    Finalized()
+    threshold = gc.get_threshold()
+    gc.set_threshold(1)
+    try:
+        names = list(event.keys())
+    finally:
+        gc.set_threshold(*threshold)
+    gc.collect()
+    assert seen == [list(EXPECTED)]
+    assert names == ["B", "A"]
+    assert dict(event) == {"B": ["b", "c"], "A": ["1", "2"]}
