@@ -5,7 +5,8 @@ is handled in one of two ways: ``route`` reads what an engine needs to dispatch 
 event (its routing name and Unique-ID), ``materialize`` builds ``dict(event)``.
 The ``naive`` case is the baseline the targets are stated against: split lines and
 ``urllib.parse.unquote`` every name and value into a dict, the way the 2026.10.18
-release parsed. Benches of one file share a group so the ratios read side by side.
+release parsed (``json.loads`` for JSON bodies, ElementTree plus ``unquote`` for XML).
+Benches of one file share a group so the ratios read side by side.
 
 Run: ``.venv/bin/python -m pytest bench/test_parser_bench.py --benchmark-only``.
 """
@@ -13,12 +14,14 @@ Run: ``.venv/bin/python -m pytest bench/test_parser_bench.py --benchmark-only``.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 from urllib.parse import unquote
+from xml.etree import ElementTree
 
 import pytest
 
@@ -69,6 +72,14 @@ def _naive_block(block: bytes) -> dict[str, Any]:
     return headers
 
 
+def _naive_xml(body: bytes) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
+    root = ElementTree.fromstring(body)
+    for element in root.find("headers") or ():
+        headers[element.tag] = unquote(element.text or "")
+    return headers
+
+
 def _naive(chunks: list[bytes]) -> int:
     """Baseline: line splitting and ``unquote`` of every name and value, in Python.
 
@@ -91,9 +102,14 @@ def _naive(chunks: list[bytes]) -> int:
                 break
             body = buf[end + 2:stop]
             pos = stop
-            if head.get("Content-Type") == "text/event-plain":
+            content_type = head.get("Content-Type")
+            if content_type == "text/event-plain":
                 inner, _, _ = body.partition(b"\n\n")
                 _naive_block(inner)
+            elif content_type == "text/event-json":
+                json.loads(body.decode("utf-8", "surrogateescape"))
+            elif content_type == "text/event-xml":
+                _naive_xml(body)
             frames += 1
         buf = buf[pos:]
     return frames
