@@ -34,51 +34,28 @@ if TYPE_CHECKING:
 
     IMPLEMENTATION: str
 else:
-    _compiled = None
-    if os.environ.get("GENESIS_NO_EXTENSIONS") != "1":
-        try:
-            from genesis import _parser as _compiled
-        except ImportError:
-            _compiled = None
-    if _compiled is not None:
-        from genesis._parser import (
-            KIND_API_RESPONSE,
-            KIND_AUTH_REQUEST,
-            KIND_COMMAND_REPLY,
-            KIND_DISCONNECT_NOTICE,
-            KIND_EVENT,
-            KIND_LOG,
-            KIND_RUDE_REJECTION,
-            KIND_UNKNOWN,
-            ESLEvent,
-            HeaderFlattener,
-            Parser,
-            encode_value,
-            serialize_event,
-            snake_case,
-        )
+    # Both twins export exactly these names (the runtime twin of the import above).
+    _TWIN_NAMES = (
+        "KIND_API_RESPONSE", "KIND_AUTH_REQUEST", "KIND_COMMAND_REPLY", "KIND_DISCONNECT_NOTICE",
+        "KIND_EVENT", "KIND_LOG", "KIND_RUDE_REJECTION", "KIND_UNKNOWN", "ESLEvent",
+        "HeaderFlattener", "Parser", "encode_value", "serialize_event", "snake_case",
+    )
 
-        IMPLEMENTATION = "compiled"
-    else:
-        from genesis._parser_py import (
-            KIND_API_RESPONSE,
-            KIND_AUTH_REQUEST,
-            KIND_COMMAND_REPLY,
-            KIND_DISCONNECT_NOTICE,
-            KIND_EVENT,
-            KIND_LOG,
-            KIND_RUDE_REJECTION,
-            KIND_UNKNOWN,
-            ESLEvent,
-            HeaderFlattener,
-            Parser,
-            encode_value,
-            serialize_event,
-            snake_case,
-        )
+    def _load_twin():
+        if os.environ.get("GENESIS_NO_EXTENSIONS") != "1":
+            try:
+                from genesis import _parser
 
-        IMPLEMENTATION = "python"
-    del _compiled
+                return _parser, "compiled"
+            except ImportError:
+                pass
+        from genesis import _parser_py
+
+        return _parser_py, "python"
+
+    _twin, IMPLEMENTATION = _load_twin()
+    globals().update({name: getattr(_twin, name) for name in _TWIN_NAMES})
+    del _twin, _load_twin
 
 __all__ = [
     "IMPLEMENTATION",
