@@ -7,13 +7,16 @@ the reason, unless ``GENESIS_REQUIRE_REDIS=1`` (CI), where they fail instead.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import pytest
@@ -82,3 +85,38 @@ def redis_server() -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=5)
+
+
+# -- worker processes sharing one Redis ------------------------------------------------
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER_WAIT = 10.0
+
+
+async def spawn_python(code: str, *args: str) -> asyncio.subprocess.Process:
+    """Run ``code`` in a fresh interpreter (another process, as a second worker would be)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, *args, cwd=_REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def kill(process: asyncio.subprocess.Process) -> None:
+    """SIGKILL: the crash the lease TTLs are there for (no cleanup code runs)."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGKILL)
+    await asyncio.wait_for(process.wait(), WORKER_WAIT)
+
+
+async def run_workers(code: str, args: Sequence[str], count: int, timeout: float = 60) -> None:
+    """Run ``count`` copies of ``code`` to completion; each must exit 0."""
+    workers = [await spawn_python(code, *args) for _ in range(count)]
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(w.communicate() for w in workers)), timeout
+        )
+    finally:
+        for worker in workers:
+            await kill(worker)
+    for worker, (_out, err) in zip(workers, results, strict=True):
+        assert worker.returncode == 0, err.decode()

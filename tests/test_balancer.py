@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 import genesis
 from genesis.group import InMemoryLoadBalancer, LoadBalancerBackend, RedisLoadBalancer
+from tests.redis_server import kill, run_workers, spawn_python
 
-REPO = Path(__file__).resolve().parent.parent
 WAIT = 10.0
 
 
@@ -122,32 +120,10 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
 
 
-async def _spawn(code: str, *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, *args, cwd=REPO,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def _kill(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.send_signal(signal.SIGKILL)
-    await asyncio.wait_for(process.wait(), WAIT)
-
-
 async def test_two_processes_never_exceed_limits(redis_url: str, redis_prefix: str) -> None:
     import redis.asyncio
 
-    workers = [await _spawn(WORKER, redis_url, redis_prefix, "150", "3") for _ in range(2)]
-    try:
-        results = await asyncio.wait_for(
-            asyncio.gather(*(w.communicate() for w in workers)), 60
-        )
-    finally:
-        for worker in workers:
-            await _kill(worker)
-    for worker, (_out, err) in zip(workers, results, strict=True):
-        assert worker.returncode == 0, err.decode()
+    await run_workers(WORKER, (redis_url, redis_prefix, "150", "3"), count=2)
     client = redis.asyncio.Redis.from_url(redis_url)
     lb = RedisLoadBalancer(redis_url, key_prefix=redis_prefix + "lb:")
     try:
@@ -162,7 +138,7 @@ async def test_two_processes_never_exceed_limits(redis_url: str, redis_prefix: s
 
 async def test_crashed_worker_counts_expire(redis_url: str, redis_prefix: str) -> None:
     lb = RedisLoadBalancer(redis_url, key_prefix=redis_prefix, lease_ttl=1.0)
-    holder = await _spawn(HOLDER, redis_url, redis_prefix)
+    holder = await spawn_python(HOLDER, redis_url, redis_prefix)
     try:
         assert holder.stdout is not None
         assert await asyncio.wait_for(holder.stdout.readline(), WAIT) == b"gw\n"
@@ -173,7 +149,7 @@ async def test_crashed_worker_counts_expire(redis_url: str, redis_prefix: str) -
         await asyncio.sleep(1.2)
         assert await lb.get_count("gw") == 0
     finally:
-        await _kill(holder)
+        await kill(holder)
         await lb.close()
 
 

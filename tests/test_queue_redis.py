@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from genesis.queue import Queue, RedisBackend
+from tests.redis_server import kill, run_workers, spawn_python
 
-REPO = Path(__file__).resolve().parent.parent
 WAIT = 10.0
 
 # A worker process: takes `rounds` slots of a queue limited to `limit`, counting who is
@@ -69,32 +67,10 @@ async def backend(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisBacke
     await backend.close()
 
 
-async def _spawn(code: str, *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, *args, cwd=REPO,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def _kill(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.send_signal(signal.SIGKILL)
-    await asyncio.wait_for(process.wait(), WAIT)
-
-
 async def test_processes_share_one_limit(redis_url: str, redis_prefix: str) -> None:
     import redis.asyncio
 
-    workers = [await _spawn(WORKER, redis_url, redis_prefix, "15", "2") for _ in range(3)]
-    try:
-        results = await asyncio.wait_for(
-            asyncio.gather(*(w.communicate() for w in workers)), 60
-        )
-    finally:
-        for worker in workers:
-            await _kill(worker)
-    for worker, (_out, err) in zip(workers, results, strict=True):
-        assert worker.returncode == 0, err.decode()
+    await run_workers(WORKER, (redis_url, redis_prefix, "15", "2"), count=3)
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
         assert await client.lrange(redis_prefix + "violations", 0, -1) == []
@@ -112,7 +88,7 @@ async def test_processes_share_one_limit(redis_url: str, redis_prefix: str) -> N
 async def test_killed_holder_slot_is_reclaimed(
     backend: RedisBackend, redis_url: str, redis_prefix: str
 ) -> None:
-    holder = await _spawn(HOLDER, redis_url, redis_prefix, "victim", "hold")
+    holder = await spawn_python(HOLDER, redis_url, redis_prefix, "victim", "hold")
     try:
         assert holder.stdout is not None
         line = await asyncio.wait_for(holder.stdout.readline(), WAIT)
@@ -128,14 +104,14 @@ async def test_killed_holder_slot_is_reclaimed(
         assert await backend.active("q") == 1
         await backend.release("q", "survivor")
     finally:
-        await _kill(holder)
+        await kill(holder)
 
 
 async def test_killed_waiter_does_not_block_the_line(
     backend: RedisBackend, redis_url: str, redis_prefix: str
 ) -> None:
     await backend.wait_and_acquire("q", "first", 1, WAIT)
-    ghost = await _spawn(HOLDER, redis_url, redis_prefix, "ghost", "wait")
+    ghost = await spawn_python(HOLDER, redis_url, redis_prefix, "ghost", "wait")
     try:
         assert ghost.stdout is not None
         assert await asyncio.wait_for(ghost.stdout.readline(), WAIT) == b"waiting\n"
@@ -151,7 +127,7 @@ async def test_killed_waiter_does_not_block_the_line(
         assert await backend.depth("q") == 0
         await backend.release("q", "next")
     finally:
-        await _kill(ghost)
+        await kill(ghost)
 
 
 async def test_live_waiter_keeps_its_place_past_the_ttl(backend: RedisBackend) -> None:
