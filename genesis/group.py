@@ -28,6 +28,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from genesis import tracing
+from genesis._redis import connect
 from genesis.channel import Channel, instruments
 from genesis.exceptions import ChannelError, TimeoutError
 from genesis.types import ChannelState
@@ -207,13 +208,7 @@ class RedisLoadBalancer(LoadBalancerBackend):
         if lease_ttl <= 0:
             raise ValueError(f"lease_ttl must be positive, got {lease_ttl}")
         if client is None:
-            import redis.asyncio  # optional dependency: loaded only when Redis is used
-
-            # A blocking pool: a burst of calls waits for a free connection instead of
-            # failing with "Too many connections".
-            client = redis.asyncio.Redis.from_pool(
-                redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=max_connections)
-            )
+            client = connect(url, max_connections)
         self.url = url
         self.key_prefix = key_prefix
         self.lease_ttl = lease_ttl

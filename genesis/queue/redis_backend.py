@@ -21,6 +21,7 @@ import logging
 import time
 from typing import Any
 
+from genesis._redis import connect
 from genesis.exceptions import QueueTimeoutError
 from genesis.queue.base import QueueBackend
 
@@ -131,13 +132,7 @@ class RedisBackend(QueueBackend):
         if not 0 < poll_interval <= lease_ttl / 3:
             raise ValueError("poll_interval must be positive and at most lease_ttl / 3")
         if client is None:
-            import redis.asyncio  # optional dependency: loaded only when Redis is used
-
-            # A blocking pool: a burst of calls waits for a free connection instead of
-            # failing with "Too many connections".
-            client = redis.asyncio.Redis.from_pool(
-                redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=max_connections)
-            )
+            client = connect(url, max_connections)
         self.url = url
         self.key_prefix = key_prefix
         self.lease_ttl = lease_ttl
