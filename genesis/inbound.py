@@ -187,6 +187,7 @@ class Inbound(Protocol):
             await self._connect()
             return
         with tracer.start_as_current_span("inbound_connect") as span:
+            self.trace_connection(span)
             if span.is_recording():
                 span.set_attribute("net.peer.name", self.host)
                 span.set_attribute("net.peer.port", self.port)

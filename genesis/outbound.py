@@ -221,6 +221,7 @@ class Outbound:
             await self._run(session)
             return
         with tracer.start_as_current_span("outbound_handle_connection") as span:
+            session.trace_connection(span)
             if span.is_recording() and session.peer is not None:
                 span.set_attribute("net.peer.name", session.peer[0])
                 span.set_attribute("net.peer.port", session.peer[1])

@@ -23,6 +23,17 @@ own span class, when no attribute length limit is set and the count limit leaves
 attributes are stored directly, lists as tuples, exactly as ``set_attributes`` would store
 them; any other span, limit or SDK layout goes through ``set_attributes``.
 
+Trace shape: a connection lives for days and receives millions of events, and a trace is
+meant to be one operation; backends cannot show (or even store) a trace that grows for a
+week. So each ``process_event`` span is the root of its own trace, started from an explicit
+empty context, and carries an OpenTelemetry Link to the connection's span
+(``inbound_connect`` / ``outbound_handle_connection``) so the relation is kept. While the
+engine dispatches a chunk, the current context is that empty one (untraced events' handlers
+start root spans, never children of the connection span) or, for a traced event, its
+``process_event`` span; an async handler's coroutine runs later on a worker task, inside
+the context its event had (the dispatcher keeps it with the queued coroutine). Commands
+(``send_command``) are children of whatever span is current in the task that sends them.
+
 Knobs, read on first use and settable with :func:`configure`:
 ``GENESIS_EVENT_SPAN_RATIO`` (0.0-1.0, default 1.0): share of events with a span;
 ``GENESIS_EVENT_SPAN_HEADERS`` (comma separated header names): the only headers recorded as
@@ -34,12 +45,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span, Tracer
+    from contextvars import Token
 
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Link, Span, Tracer
+
+    from genesis.protocol.dispatch import Dispatcher
     from genesis.protocol.parser import ESLEvent, HeaderFlattener
 
 logger = logging.getLogger(__name__)
@@ -124,6 +138,19 @@ def tracer() -> Tracer | None:
     return _State.tracer
 
 
+def connection_links(span: Span) -> tuple[Link, ...]:
+    """The links every ``process_event`` span of a connection carries: to ``span``.
+
+    Built once per connection; the tuple and its Link are shared by all its event spans.
+    """
+    span_context = span.get_span_context()
+    if not span_context.is_valid:
+        return ()
+    from opentelemetry.trace import Link
+
+    return (Link(span_context),)
+
+
 class EventSpans:
     """The ``process_event`` policy of one tracer and configuration, reused by every chunk.
 
@@ -132,8 +159,8 @@ class EventSpans:
     :data:`SPAN_UNIT`); :meth:`take` is the same decision as a call.
     """
 
-    __slots__ = ("_attach", "_bounded", "_detach", "_flattener", "_in_context", "_span_class",
-                 "_tracer", "accumulator", "step")
+    __slots__ = ("_attach", "_bounded", "_detach", "_flattener", "_in_context", "_root",
+                 "_span_class", "_tracer", "accumulator", "step")
 
     def __init__(self, tracer_: Tracer, ratio: float, flattener: HeaderFlattener) -> None:
         from opentelemetry import context, trace
@@ -145,7 +172,20 @@ class EventSpans:
         self._attach = context.attach
         self._detach = context.detach
         self._in_context = trace.set_span_in_context
+        # No current span: the parent of every process_event span, and the context
+        # untraced events are dispatched in.
+        self._root: Context = context.Context()
         self._span_class, self._bounded = _direct_storage()
+
+    def enter(self, dispatcher: Dispatcher) -> Token[Context]:
+        """Make the empty context current for a chunk's dispatch; returns the token."""
+        dispatcher.trace_context = self._root
+        return self._attach(self._root)
+
+    def leave(self, dispatcher: Dispatcher, token: Token[Context]) -> None:
+        """Undo :meth:`enter`."""
+        dispatcher.trace_context = None
+        self._detach(token)
 
     def take(self) -> bool:
         """True for the events that get a span: evenly spaced, ``ratio`` of them."""
@@ -157,21 +197,27 @@ class EventSpans:
         return False
 
     def dispatch(
-        self, run: Callable[[ESLEvent, str | None], None], event: ESLEvent, name: str | None
+        self, dispatcher: Dispatcher, event: ESLEvent, name: str | None,
+        links: tuple[Link, ...],
     ) -> None:
-        """``run(event, name)`` inside a ``process_event`` span, current for its handlers.
+        """Dispatch ``event`` inside a root ``process_event`` span linked by ``links``.
 
-        The span is made current so that spans a sync handler opens are its children;
-        handler errors never reach here (the dispatcher logs them), so the span only
-        needs ending.
+        The span is current while the sync handlers run, so spans they open are its
+        children, and the dispatcher queues its context with the coroutines async
+        handlers return. Handler errors never reach here (the dispatcher logs them),
+        so the span only needs ending. Called between :meth:`enter` and :meth:`leave`.
         """
-        span = self._tracer.start_span("process_event")
+        root = self._root
+        span = self._tracer.start_span("process_event", root, links=links)
         if span.is_recording():
             self._record(span, self._flattener.flatten(event))
-        token = self._attach(self._in_context(span))
+        context = self._in_context(span, root)
+        token = self._attach(context)
+        dispatcher.trace_context = context
         try:
-            run(event, name)
+            dispatcher.dispatch(event, name)
         finally:
+            dispatcher.trace_context = root
             self._detach(token)
             span.end()
 

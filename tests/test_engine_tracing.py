@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
@@ -43,6 +43,11 @@ async def server() -> AsyncIterator[ESLServer]:
     await srv.start()
     yield srv
     await srv.stop()
+
+
+def attrs(span: ReadableSpan) -> Mapping[str, Any]:
+    assert span.attributes is not None
+    return span.attributes
 
 
 def dump(exp: InMemorySpanExporter) -> str:
@@ -93,7 +98,7 @@ async def test_allowlist_and_ratio(exporter: InMemorySpanExporter, server: ESLSe
     events = [s for s in exporter.get_finished_spans() if s.name == "process_event"]
     assert len(events) == 13  # exactly 1% of 1347, evenly spaced
     for span in events:
-        headers = {k for k in span.attributes if k.startswith("event.header.")}
+        headers = {k for k in attrs(span) if k.startswith("event.header.")}
         assert headers <= {"event.header.channel_state", "event.header.dtmf_digit"}
 
 
@@ -162,8 +167,105 @@ async def test_outbound_span_has_real_peer(exporter: InMemorySpanExporter) -> No
     await asyncio.wait_for(fake.closed, 5)
     await server.stop()
     span = next(s for s in exporter.get_finished_spans() if s.name == "outbound_handle_connection")
-    assert span.attributes["net.peer.name"] == "127.0.0.1"
-    assert span.attributes["net.peer.port"] == local_port
-    names = [s.attributes.get("command.name") for s in exporter.get_finished_spans()
+    assert attrs(span)["net.peer.name"] == "127.0.0.1"
+    assert attrs(span)["net.peer.port"] == local_port
+    events = [s for s in exporter.get_finished_spans() if s.name == "process_event"]
+    assert {attrs(s)["event.name"] for s in events} >= {
+        "CHANNEL_EXECUTE", "CHANNEL_EXECUTE_COMPLETE"}
+    for event in events:
+        assert event.parent is None and event.context.trace_id != span.context.trace_id
+        assert [link.context for link in event.links] == [span.context]
+    names = [attrs(s).get("command.name") for s in exporter.get_finished_spans()
              if s.name == "send_command"]
     assert names[:4] == ["connect", "filter", "event", "linger"] and "sendmsg" in names
+
+
+async def test_event_spans_are_roots_linked_to_the_connection(
+    exporter: InMemorySpanExporter, server: ESLServer
+) -> None:
+    tracing.configure(event_span_ratio=0.5, event_span_headers=())
+    tracer = trace.get_tracer_provider().get_tracer("user")
+    untraced: list[trace.SpanContext] = []
+
+    def handler(event: Any) -> None:
+        current = trace.get_current_span()
+        if current.is_recording():
+            with tracer.start_as_current_span("handler_work"):
+                pass
+        else:
+            untraced.append(current.get_span_context())
+            with tracer.start_as_current_span("untraced_work"):
+                pass
+
+    async with Inbound("127.0.0.1", server.port, PASSWORD, timeout=2) as client:
+        client.on("*", handler)
+        await client.subscribe("ALL")
+        server.broadcast(events_block())
+        await server.wait_for(lambda: len(untraced) == 674)
+    spans = exporter.get_finished_spans()
+    connect = next(s for s in spans if s.name == "inbound_connect")
+    events = [s for s in spans if s.name == "process_event"]
+    assert len(events) == 673
+    # One trace per event: a week-long connection must not make one endless trace.
+    assert all(s.parent is None for s in events)
+    assert len({s.context.trace_id for s in events} | {connect.context.trace_id}) == 674
+    for span in events:
+        (link,) = span.links
+        assert link.context == connect.context
+    by_id = {s.context.span_id: s for s in events}
+    work = [s for s in spans if s.name == "handler_work"]
+    assert len(work) == 673
+    assert all(s.parent is not None and s.parent.span_id in by_id
+               and s.context.trace_id == by_id[s.parent.span_id].context.trace_id for s in work)
+    # Untraced events run with no current span: their handlers' spans are roots too,
+    # never children of the connection span.
+    assert not any(ctx.is_valid for ctx in untraced)
+    assert all(s.parent is None for s in spans if s.name == "untraced_work")
+
+
+async def test_commands_sent_by_handlers_belong_to_their_event(
+    exporter: InMemorySpanExporter, server: ESLServer
+) -> None:
+    tracing.configure(event_span_ratio=0.5, event_span_headers=())
+    current: list[trace.SpanContext] = []
+    done: list[int] = []
+
+    async with Inbound("127.0.0.1", server.port, PASSWORD, timeout=2,
+                       max_concurrency=4) as client:
+
+        async def send(index: int) -> None:
+            await client.api(f"echo event-{index}", timeout=2)
+            done.append(index)
+
+        def handler(event: Any) -> Any:
+            # The coroutine runs later on one of 4 workers, each serving many events.
+            current.append(trace.get_current_span().get_span_context())
+            return send(len(current) - 1)
+
+        def from_task(event: Any) -> None:
+            index = len(current) - 1  # called right after handler, for the same event
+            task = asyncio.get_running_loop().create_task(
+                client.api(f"echo task-{index}", timeout=2))
+            tasks.append(task)
+
+        tasks: list[asyncio.Task[str]] = []
+        client.on("CHANNEL_STATE", handler)
+        client.on("CHANNEL_STATE", from_task)
+        await client.subscribe("ALL")
+        server.broadcast(events_block())
+        await server.wait_for(lambda: len(current) > 0 and len(done) == len(current))
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert len(current) > 40
+    commands = {attrs(s)["command.reply"]: s for s in exporter.get_finished_spans()
+                if s.name == "send_command" and attrs(s)["command.name"] == "api"}
+    traced = 0
+    for index, parent in enumerate(current):
+        for reply in (f"event-{index}", f"task-{index}"):
+            span = commands[reply]
+            if parent.is_valid:
+                assert span.parent is not None and span.parent.span_id == parent.span_id
+                assert span.context.trace_id == parent.trace_id
+                traced += 1
+            else:
+                assert span.parent is None, reply
+    assert 0 < traced < 2 * len(current)

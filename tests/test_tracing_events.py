@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from genesis import tracing
 from genesis.inbound import Inbound
+from genesis.protocol.dispatch import Dispatcher
 from genesis.protocol.parser import ESLEvent, HeaderFlattener, Parser
 from tests.esl_server import ESLServer, plain_frames
 
@@ -57,7 +58,7 @@ def spans_both_ways(monkeypatch: pytest.MonkeyPatch, limits: SpanLimits | None
 
     monkeypatch.setattr(sdk_trace._Span, "set_attributes", counted)
     for event in corpus_events():
-        spans.dispatch(lambda ev, name: None, event, event.name)
+        spans.dispatch(Dispatcher(), event, event.name, ())
     engine_calls = calls
     engine = list(exporter.get_finished_spans())
     exporter.clear()
@@ -120,12 +121,12 @@ def test_another_span_class_gets_set_attributes(monkeypatch: pytest.MonkeyPatch)
             received.append(dict(attributes))
 
     class Tracer:
-        def start_span(self, name: str) -> trace.Span:
+        def start_span(self, name: str, context: Any = None, links: Any = ()) -> trace.Span:
             return Recording(trace.INVALID_SPAN_CONTEXT)
 
     monkeypatch.setattr(spans, "_tracer", Tracer())
     (event,) = corpus_events()[:1]
-    spans.dispatch(lambda ev, name: None, event, event.name)
+    spans.dispatch(Dispatcher(), event, event.name, ())
     assert received == [HeaderFlattener().flatten(event)]
 
 
@@ -163,7 +164,7 @@ async def test_handler_spans_are_children_and_context_is_restored(
     work = [s for s in finished if s.name == "handler_work"]
     assert len(events) == len(work) == 100
     assert all(s.parent is not None and s.parent.span_id in events for s in work)
-    # Untraced events run with the previous span detached (the connection's own context).
+    # Untraced events run with no current span (never the connection span, never a stale one).
     assert len(outside) == 100 and not set(outside) & set(events)
 
 

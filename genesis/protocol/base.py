@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Mapping
-from typing import cast
+from typing import TYPE_CHECKING, cast
 from uuid import uuid4
 
 from genesis import tracing
@@ -45,6 +45,9 @@ from genesis.protocol.parser import (
     Parser,
 )
 from genesis.types import EventHandler
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Link, Span
 
 logger = logging.getLogger("genesis.protocol")
 _SPAN_UNIT = tracing.SPAN_UNIT
@@ -93,6 +96,8 @@ class Protocol(asyncio.Protocol):
         # user commands are refused then, so none can slip in ahead of ``auth``.
         self._ready = False
         self.peer: tuple[str, int] | None = None
+        # Links of this connection's process_event spans (see trace_connection).
+        self._span_links: tuple[Link, ...] = ()
 
     # -- public state -------------------------------------------------------------------
 
@@ -126,6 +131,14 @@ class Protocol(asyncio.Protocol):
     def reading_paused(self) -> bool:
         """True while backpressure holds reading."""
         return self._dispatcher.paused
+
+    def trace_connection(self, span: Span) -> None:
+        """Link this connection's ``process_event`` spans to ``span``, its connection span.
+
+        Called by whoever opens the connection span (Inbound, the outbound server):
+        event spans are roots of their own traces, so the link is their only tie to it.
+        """
+        self._span_links = tracing.connection_links(span)
 
     # -- handlers -------------------------------------------------------------------------
 
@@ -172,7 +185,18 @@ class Protocol(asyncio.Protocol):
 
     def _handle(self, messages: list[ESLEvent]) -> None:
         spans = tracing.event_spans()
-        dispatch = self._dispatcher.dispatch
+        if spans is None:
+            self._handle_in(messages, None)
+            return
+        token = spans.enter(self._dispatcher)
+        try:
+            self._handle_in(messages, spans)
+        finally:
+            spans.leave(self._dispatcher, token)
+
+    def _handle_in(self, messages: list[ESLEvent], spans: tracing.EventSpans | None) -> None:
+        dispatcher = self._dispatcher
+        dispatch = dispatcher.dispatch
         # The span ratio decision, inline: an untraced event costs an add and a compare.
         acc = step = 0
         if spans is not None:
@@ -188,7 +212,7 @@ class Protocol(asyncio.Protocol):
                     acc += step
                     if acc >= _SPAN_UNIT:
                         acc -= _SPAN_UNIT
-                        spans.dispatch(dispatch, message, name)
+                        spans.dispatch(dispatcher, message, name, self._span_links)
                         continue
                 dispatch(message, name)
             elif kind in (KIND_COMMAND_REPLY, KIND_API_RESPONSE):

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 from genesis.types import EventHandler
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
+
     from genesis.protocol.parser import ESLEvent
 
 logger = logging.getLogger("genesis.protocol")
@@ -44,7 +46,7 @@ class Dispatcher:
         self.max_concurrency = max_concurrency
         self.max_pending = max_pending
         self._resume_at = max_pending // 2
-        self._backlog: deque[tuple[Awaitable[Any], float]] = deque()
+        self._backlog: deque[tuple[Awaitable[Any], float, Context | None]] = deque()
         self._workers: set[asyncio.Task[None]] = set()
         # Counted inside _work itself: a finished worker's done-callback runs a loop turn
         # later, and a submit in between must still see a free slot.
@@ -54,6 +56,11 @@ class Dispatcher:
         self.paused = False
         self.pauses = 0
         self.max_backlog = 0
+        # Set by genesis.tracing while it dispatches (None when nothing is traced): the
+        # OpenTelemetry context of the event being dispatched. A coroutine a handler
+        # returns runs later on whichever worker is free, whose own context belongs to
+        # another event; so it is queued with this one and runs inside it.
+        self.trace_context: Context | None = None
 
     # -- registration ---------------------------------------------------------------
 
@@ -129,7 +136,7 @@ class Dispatcher:
     def submit(self, awaitable: Awaitable[Any]) -> None:
         """Queue an awaitable; start a worker if under the concurrency bound."""
         backlog = self._backlog
-        backlog.append((awaitable, monotonic()))
+        backlog.append((awaitable, monotonic(), self.trace_context))
         size = len(backlog)
         if size > self.max_backlog:
             self.max_backlog = size
@@ -145,10 +152,19 @@ class Dispatcher:
         backlog = self._backlog
         try:
             while backlog:
-                awaitable, _queued = backlog.popleft()
+                awaitable, _queued, trace_context = backlog.popleft()
                 self._running += 1
                 try:
-                    await awaitable
+                    if trace_context is None:
+                        await awaitable
+                    else:
+                        from opentelemetry import context
+
+                        token = context.attach(trace_context)
+                        try:
+                            await awaitable
+                        finally:
+                            context.detach(token)
                 except Exception:
                     logger.exception("async event handler failed")
                 finally:
@@ -201,7 +217,7 @@ class Dispatcher:
         if self._workers:
             await asyncio.wait(set(self._workers), timeout=1.0)
         while self._backlog:
-            awaitable, _queued = self._backlog.popleft()
+            awaitable, _queued, _context = self._backlog.popleft()
             close = getattr(awaitable, "close", None)
             if close is not None:
                 close()  # a coroutine that will never run: silence "never awaited"
