@@ -32,6 +32,155 @@ from genesis.exceptions import ProtocolError
 cdef extern from *:
     void __builtin_prefetch(const void* addr) noexcept nogil
 
+cdef extern from *:
+    """
+    #include <string.h>
+    #include <stdint.h>
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+
+    /* Bit k set: p[k] is a line feed, for k in 0..63. */
+    static inline unsigned long long genesis_lf64(const char* p) {
+        const __m128i lf = _mm_set1_epi8(10);
+        return (unsigned long long)(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(
+                   _mm_loadu_si128((const __m128i*)p), lf))
+             | (unsigned long long)(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(
+                   _mm_loadu_si128((const __m128i*)(p + 16)), lf)) << 16
+             | (unsigned long long)(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(
+                   _mm_loadu_si128((const __m128i*)(p + 32)), lf)) << 32
+             | (unsigned long long)(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(
+                   _mm_loadu_si128((const __m128i*)(p + 48)), lf)) << 48;
+    }
+    #endif
+
+    /* What framing a plain event's inner block needs, found in one pass: where
+       the header lines end and the body starts, and the first line (and up to
+       two occurrences) of each name that framing or routing reads. */
+    typedef struct {
+        Py_ssize_t head;   /* start of the blank line; -1: none in the payload */
+        Py_ssize_t body;   /* first byte after the blank line */
+        Py_ssize_t cl, en, sub, uid;     /* line starts, -1: absent */
+        int cl_n, en_n, sub_n, uid_n;    /* occurrences, counted up to 2 */
+    } genesis_block;
+
+    static inline void genesis_note(Py_ssize_t s, Py_ssize_t* pos, int* n) {
+        if (*n == 0) *pos = s;
+        if (*n < 2) *n += 1;
+    }
+
+    /* Classify the line starting at s; 1 when it is the blank line. */
+    static inline int genesis_line(const char* p, Py_ssize_t s, Py_ssize_t n,
+                                   genesis_block* b) {
+        Py_ssize_t left = n - s;
+        switch (p[s]) {
+        case 10:  /* LF */
+            b->head = s; b->body = s + 1; return 1;
+        case 13:  /* CR */
+            if (left >= 2 && p[s + 1] == 10) { b->head = s; b->body = s + 2; return 1; }
+            return 0;
+        case 'C':
+            if (left >= 15 && memcmp(p + s, "Content-Length:", 15) == 0)
+                genesis_note(s, &b->cl, &b->cl_n);
+            return 0;
+        case 'E':
+            if (left >= 11 && memcmp(p + s, "Event-Name:", 11) == 0)
+                genesis_note(s, &b->en, &b->en_n);
+            else if (left >= 15 && memcmp(p + s, "Event-Subclass:", 15) == 0)
+                genesis_note(s, &b->sub, &b->sub_n);
+            return 0;
+        case 'U':
+            if (left >= 10 && memcmp(p + s, "Unique-ID:", 10) == 0)
+                genesis_note(s, &b->uid, &b->uid_n);
+            return 0;
+        }
+        return 0;
+    }
+
+    /* A call per line (memchr) costs more than the line's bytes: 64 bytes are
+       compared at once and only the line feeds found are looked at. */
+    static void genesis_scan_block(const char* p, Py_ssize_t n, genesis_block* b) {
+        Py_ssize_t i = 0, j;
+        const char* q;
+        b->head = -1; b->body = -1;
+        b->cl = b->en = b->sub = b->uid = -1;
+        b->cl_n = b->en_n = b->sub_n = b->uid_n = 0;
+        if (n == 0 || genesis_line(p, 0, n, b)) return;
+    #if defined(__SSE2__)
+        while (i + 64 <= n) {
+            unsigned long long m = genesis_lf64(p + i);
+            while (m) {
+                j = i + __builtin_ctzll(m) + 1;
+                m &= m - 1;
+                if (j < n && genesis_line(p, j, n, b)) return;
+            }
+            i += 64;
+        }
+    #endif
+        while (i < n && (q = (const char*)memchr(p + i, 10, n - i)) != NULL) {
+            j = q - p + 1;
+            if (j < n && genesis_line(p, j, n, b)) return;
+            i = j;
+        }
+    }
+
+    /* Index the header lines of p[*pos:stop) (each ends with LF before stop) into
+       lines[*cnt:cap], four uint32 per line: name start, name length, value
+       start, value length (one CR before the LF and one space after the colon
+       dropped). Content-Length lines (inner framing) are skipped. Returns 0 when
+       done, 1 when lines is full (call again from *pos), -1 when the line at
+       *pos has no colon. */
+    static int genesis_index(const char* p, Py_ssize_t* pos, Py_ssize_t stop,
+                             uint32_t* lines, Py_ssize_t* cnt, Py_ssize_t cap) {
+        Py_ssize_t s = *pos, n = *cnt, next = s, base = s, le, ve, vs, colon;
+        unsigned long long m = 0;
+        const char* c;
+        uint32_t* u;
+        while (s < stop) {
+    #if defined(__SSE2__)
+            while (!m && next + 64 <= stop) {
+                m = genesis_lf64(p + next);
+                base = next;
+                next += 64;
+            }
+    #endif
+            if (m) {
+                le = base + __builtin_ctzll(m);
+                m &= m - 1;
+            } else {
+                le = (const char*)memchr(p + next, 10, stop - next) - p;
+                next = le + 1;
+            }
+            ve = (le > s && p[le - 1] == 13) ? le - 1 : le;
+            c = (const char*)memchr(p + s, 58, ve - s);
+            if (c == NULL) { *pos = s; *cnt = n; return -1; }
+            colon = c - p;
+            if (colon - s == 14 && memcmp(p + s, "Content-Length", 14) == 0) {
+                s = le + 1;
+                continue;
+            }
+            if (n == cap) { *pos = s; *cnt = n; return 1; }
+            vs = colon + 1;
+            if (vs < ve && p[vs] == 32) vs++;
+            u = lines + 4 * n;
+            u[0] = (uint32_t)s;
+            u[1] = (uint32_t)(colon - s);
+            u[2] = (uint32_t)vs;
+            u[3] = (uint32_t)(ve - vs);
+            n++;
+            s = le + 1;
+        }
+        *pos = s;
+        *cnt = n;
+        return 0;
+    }
+    """
+    ctypedef struct genesis_block:
+        Py_ssize_t head, body, cl, en, sub, uid
+        int cl_n, en_n, sub_n, uid_n
+    void genesis_scan_block(const char* p, Py_ssize_t n, genesis_block* b) noexcept nogil
+    int genesis_index(const char* p, Py_ssize_t* pos, Py_ssize_t stop, uint32_t* lines,
+                      Py_ssize_t* cnt, Py_ssize_t cap) noexcept nogil
+
 cdef extern from "Python.h":
     dict _PyDict_NewPresized(Py_ssize_t minused)
     PyObject* PyDict_SetDefault(object d, object key, object default) except NULL
@@ -401,10 +550,14 @@ cdef bytes _excerpt(const char* p, Py_ssize_t n):
 cdef class ESLEvent:
     """One Event Socket message as a mutable mapping of header name to value.
 
-    A parsed plain event starts lazy: ``_raw`` holds its header block and ``_lines``
-    the offsets of every ``Name: value`` line. Reading a header decodes that header
-    only; anything that needs them all (iteration, ``len``, equality, mutation)
-    decodes everything once into ``_dict``, which is the truth from then on.
+    A parsed plain event starts lazy: ``_raw`` holds its header block, and only
+    the lines routing reads (Event-Name, Event-Subclass, Unique-ID) were located
+    while framing. ``_lines``, the offsets of every ``Name: value`` line, is built
+    by the first read of any other header, and a line without ``:`` fails that
+    read (ProtocolError), not ``feed()``: routing an event never walks its ~75
+    lines. Reading a header decodes that header only; anything that needs them
+    all (iteration, ``len``, equality, mutation) decodes everything once into
+    ``_dict``, which is the truth from then on.
 
     ``dict(event)`` is the exception, because CPython copies any mapping that is
     not a dict subclass the slow way: ``keys()``, then one ``event[name]`` per
@@ -432,6 +585,10 @@ cdef class ESLEvent:
     cdef bytes _raw            # owner of every offset in _lines and of the body
     cdef uint32_t* _lines
     cdef Py_ssize_t _nlines
+    # A plain event's header lines lie in _raw[:_block_end]; -1 once _lines is
+    # built (or for any other message, indexed while framing).
+    cdef Py_ssize_t _block_end
+    cdef long long _frame_offset  # stream offset of the frame, for a late ProtocolError
     cdef bint _urlenc
     cdef Py_ssize_t _body_start  # -1: no body
     cdef Py_ssize_t _body_len
@@ -441,9 +598,11 @@ cdef class ESLEvent:
     cdef object _name
     cdef bint _name_known
     cdef Py_ssize_t _decoded
-    # Lines of Event-Name, Event-Subclass and Unique-ID (the last one) and how many
-    # there are, noted while indexing so that routing need not scan every line.
-    cdef Py_ssize_t _en_line, _en_count, _sub_line, _sub_count, _uuid_line, _uuid_count
+    # Where the first line of Event-Name, Event-Subclass and Unique-ID starts in
+    # _raw and how many there are (up to 2), noted while framing: a name on one
+    # line is read without _lines. _route_seen has a bit per name once decoded.
+    cdef Py_ssize_t _en_pos, _sub_pos, _uuid_pos
+    cdef int _en_n, _sub_n, _uuid_n, _route_seen
     cdef readonly int kind
     cdef readonly str content_type
 
@@ -456,6 +615,7 @@ cdef class ESLEvent:
         self._raw = None
         self._lines = NULL
         self._nlines = 0
+        self._block_end = -1
         self._body_start = -1
         self._body_len = 0
         self._raw_body_obj = None
@@ -504,6 +664,65 @@ cdef class ESLEvent:
 
     # -- lazy access ------------------------------------------------------
 
+    cdef inline int _need_lines(self) except -1:
+        if self._block_end >= 0:
+            self._index_lines()
+        return 0
+
+    cdef int _index_lines(self) except -1:
+        """Build ``_lines`` for a plain event; a line without ``:`` is a ProtocolError.
+
+        The inner Content-Length lines were checked while framing and are skipped:
+        they are framing, not headers of the event. On error nothing is kept, so
+        every later read that needs the index raises the same error again.
+        """
+        cdef const char* p = PyBytes_AS_STRING(self._raw)
+        cdef Py_ssize_t pos = 0, cnt = 0, cap = 96, ve
+        cdef uint32_t* lines
+        cdef uint32_t* grown
+        cdef const char* nl
+        cdef int status
+        lines = <uint32_t*>PyMem_Malloc(cap * _SLOT * sizeof(uint32_t))
+        if lines == NULL:
+            raise MemoryError()
+        while True:
+            status = genesis_index(p, &pos, self._block_end, lines, &cnt, cap)
+            if status == 0:
+                break
+            if status < 0:
+                PyMem_Free(lines)
+                nl = <const char*>memchr(p + pos, 10, self._block_end - pos)
+                ve = nl - p
+                if ve > pos and p[ve - 1] == 13:
+                    ve -= 1
+                raise ProtocolError("event header line without ':'", self._frame_offset,
+                                    _excerpt(p + pos, ve - pos))
+            cap *= 2
+            grown = <uint32_t*>PyMem_Realloc(lines, cap * _SLOT * sizeof(uint32_t))
+            if grown == NULL:
+                PyMem_Free(lines)
+                raise MemoryError()
+            lines = grown
+        self._lines = lines
+        self._nlines = cnt
+        self._block_end = -1
+        return 0
+
+    cdef object _route_value(self, Py_ssize_t pos, Py_ssize_t name_len, int bit):
+        """The value of the one line of a routing name, read where framing found it."""
+        cdef const char* p = PyBytes_AS_STRING(self._raw)
+        cdef Py_ssize_t vs = pos + name_len + 1, ve
+        # The line ends before the blank line that framing found, so an LF exists.
+        ve = <const char*>memchr(p + vs - 1, 10, PyBytes_GET_SIZE(self._raw) - vs + 1) - p
+        if ve > vs and p[ve - 1] == 13:
+            ve -= 1
+        if vs < ve and p[vs] == 32:
+            vs += 1
+        if not (self._route_seen & bit):
+            self._route_seen |= bit
+            self._decoded += 1
+        return _split_value(_value_str(p + vs, ve - vs))
+
     cdef object _value_at(self, Py_ssize_t i):
         return _line_value(PyBytes_AS_STRING(self._raw), self._lines + i * _SLOT, self._urlenc)
 
@@ -531,10 +750,15 @@ cdef class ESLEvent:
             k = PyUnicode_AsUTF8AndSize(key, &kl)
         except UnicodeEncodeError:
             return self._materialize().get(key, default)
-        if (self.kind == _K_EVENT and self._uuid_count < 2
-                and kl == 9 and memcmp(k, b"Unique-ID", 9) == 0):
-            # What the engine routes channels by: its line was noted while indexing.
-            return self._indexed(key, self._uuid_line, self._uuid_count, default)
+        if self.kind == _K_EVENT:
+            # What the engine routes by: their lines were noted while framing.
+            if kl == 9 and self._uuid_n < 2 and memcmp(k, b"Unique-ID", 9) == 0:
+                return self._routed(self._uuid_pos, 9, 4, self._uuid_n, default)
+            if kl == 10 and self._en_n < 2 and memcmp(k, b"Event-Name", 10) == 0:
+                return self._routed(self._en_pos, 10, 1, self._en_n, default)
+            if kl == 14 and self._sub_n < 2 and memcmp(k, b"Event-Subclass", 14) == 0:
+                return self._routed(self._sub_pos, 14, 2, self._sub_n, default)
+        self._need_lines()
         base = PyBytes_AS_STRING(self._raw)
         for i in range(self._nlines):
             s = self._lines + i * _SLOT
@@ -565,6 +789,7 @@ cdef class ESLEvent:
                 PyDict_SetItem(d, <object>self._cells[2 * i], self._cell_value(i))
             self._drop_cells()
         elif self._raw is not None:
+            self._need_lines()
             base = PyBytes_AS_STRING(self._raw)
             for i in range(self._nlines):
                 s = self._lines + i * _SLOT
@@ -589,7 +814,7 @@ cdef class ESLEvent:
         global _name_pass
         cdef const char* base = PyBytes_AS_STRING(self._raw)
         cdef uint32_t* s
-        cdef Py_ssize_t i, j, slot, vn, cell, n = self._nlines
+        cdef Py_ssize_t i, j, slot, vn, cell, n
         cdef PyObject** cells
         cdef bint urlenc = self._urlenc
         # Hashes of the lines ahead, whose cache slots are being prefetched: the
@@ -598,6 +823,8 @@ cdef class ESLEvent:
         cdef uint64_t name_h[_RING]
         cdef uint64_t value_h[_RING]
         cdef uint32_t this_pass
+        self._need_lines()
+        n = self._nlines
         _name_pass += 1
         if _name_pass == 0:
             # Wrapped after 2**32 passes: stale marks could pass for this pass.
@@ -717,35 +944,27 @@ cdef class ESLEvent:
     cdef object _compute_name(self):
         if self.kind != _K_EVENT:
             return None
-        value = self._indexed("Event-Name", self._en_line, self._en_count, None)
+        value = self._lookup("Event-Name", None)
         if type(value) is list:
             value = (<list>value)[len(<list>value) - 1] if value else None
         if value == "CUSTOM":
-            sub = self._indexed("Event-Subclass", self._sub_line, self._sub_count, None)
+            sub = self._lookup("Event-Subclass", None)
             if type(sub) is list:
                 sub = (<list>sub)[len(<list>sub) - 1] if sub else None
             if sub is not None:
                 return sub
         return value
 
-    cdef object _indexed(self, str key, Py_ssize_t line, Py_ssize_t count, object default):
-        """``get(key, default)`` for a name whose lines were counted while indexing.
+    cdef inline object _routed(self, Py_ssize_t pos, Py_ssize_t name_len, int bit, int count,
+                               object default):
+        """``get`` of a routing name that is on one line (``count`` 1) or absent (0).
 
-        A single line is decoded directly; a repeated name (a re-typed COMMAND
-        has two Event-Name lines) takes the general path that merges them.
+        A repeated one (a re-typed COMMAND has two Event-Name lines) never gets
+        here: it takes the general path, which merges the lines into a list.
         """
-        cdef uint32_t* s
-        if self._dict is not None:
-            return (<dict>self._dict).get(key, default)
-        if count > 1:
-            return self._scan(key, default)
         if count == 0:
             return default
-        s = self._lines + line * _SLOT
-        if not (s[3] & _SEEN):
-            s[3] |= _SEEN
-            self._decoded += 1
-        return self._value_at(line)
+        return self._route_value(pos, name_len, bit)
 
     # -- body -------------------------------------------------------------
 
@@ -820,6 +1039,7 @@ cdef class ESLEvent:
         except UnicodeEncodeError:
             return key in self._materialize()
         # Presence needs no value: nothing is decoded.
+        self._need_lines()
         base = PyBytes_AS_STRING(self._raw)
         for i in range(self._nlines):
             s = self._lines + i * _SLOT
@@ -921,6 +1141,7 @@ cdef class ESLEvent:
         cdef Py_ssize_t i
         if self._dict is not None:
             return list(<dict>self._dict)
+        self._need_lines()
         base = PyBytes_AS_STRING(self._raw)
         for i in range(self._nlines):
             s = self._lines + i * _SLOT
@@ -1647,84 +1868,42 @@ cdef class Parser:
         return ev
 
     cdef int _plain(self, ESLEvent ev, bytes payload) except -1:
-        """Index the inner header block of a plain event (its outer body)."""
+        """Frame the inner block of a plain event (its outer body); index nothing.
+
+        Where the header lines end, the inner Content-Length and the lines routing
+        reads are found in one pass; the line index waits for a read that needs
+        it (``ESLEvent._index_lines``). A body that does not match its inner
+        Content-Length is still refused here: it is framing, and a reader must
+        never see an event cut at the wrong byte.
+        """
         cdef const char* p = PyBytes_AS_STRING(payload)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
-        cdef Py_ssize_t pos = 0, le, ve, colon, vs, cnt = 0, cap = 96, clen = -1
-        cdef Py_ssize_t first = -1, first_len = 0
-        cdef const char* nl
-        cdef const char* c
-        cdef uint32_t* lines
-        cdef uint32_t* grown
-        cdef uint32_t* s
-        cdef bint ended = False
-        lines = <uint32_t*>PyMem_Malloc(cap * _SLOT * sizeof(uint32_t))
-        if lines == NULL:
-            raise MemoryError()
-        # Owned by the event from here on, so every error path below frees it.
-        ev._lines = lines
+        cdef Py_ssize_t pos, clen = -1, vs, ve
+        cdef genesis_block b
+        genesis_scan_block(p, n, &b)
+        if b.head < 0:
+            self._fail("plain event without a complete inner header block", p, n)
         ev._raw = payload
         ev._urlenc = True
-        while pos < n:
-            nl = <const char*>memchr(p + pos, 10, n - pos)
-            if nl == NULL:
-                break
-            le = nl - p
-            ve = le - 1 if le > pos and p[le - 1] == 13 else le
-            if ve == pos:
-                pos = le + 1
-                ended = True
-                break
-            c = <const char*>memchr(p + pos, 58, ve - pos)
-            if c == NULL:
-                self._fail("event header line without ':'", p + pos, ve - pos)
-            colon = c - p
-            vs = colon + 1
-            if vs < ve and p[vs] == 32:
-                vs += 1
-            if colon - pos == 14 and memcmp(p + pos, b"Content-Length", 14) == 0:
-                # The inner Content-Length is framing, not a header of the event.
-                if first < 0:
-                    first = vs
-                    first_len = ve - vs
-                elif not _eq(p + vs, ve - vs, p + first, first_len):
-                    self._fail("two different inner Content-Length values", p + pos, ve - pos)
-                pos = le + 1
-                continue
-            if colon - pos == 10 and memcmp(p + pos, b"Event-Name", 10) == 0:
-                ev._en_line = cnt
-                ev._en_count += 1
-            elif colon - pos == 9 and memcmp(p + pos, b"Unique-ID", 9) == 0:
-                ev._uuid_line = cnt
-                ev._uuid_count += 1
-            elif colon - pos == 14 and memcmp(p + pos, b"Event-Subclass", 14) == 0:
-                ev._sub_line = cnt
-                ev._sub_count += 1
-            if cnt == cap:
-                cap *= 2
-                grown = <uint32_t*>PyMem_Realloc(lines, cap * _SLOT * sizeof(uint32_t))
-                if grown == NULL:
-                    raise MemoryError()
-                lines = grown
-                ev._lines = lines
-            s = lines + cnt * _SLOT
-            s[0] = <uint32_t>pos
-            s[1] = <uint32_t>(colon - pos)
-            s[2] = <uint32_t>vs
-            s[3] = <uint32_t>(ve - vs)
-            cnt += 1
-            pos = le + 1
-        ev._nlines = cnt
-        if not ended:
-            self._fail("plain event without a complete inner header block", p, n)
-        if first >= 0:
-            if not _is_digits(p + first, first_len):
+        ev._block_end = b.head
+        ev._frame_offset = self._offset
+        ev._en_pos = b.en
+        ev._en_n = b.en_n
+        ev._sub_pos = b.sub
+        ev._sub_n = b.sub_n
+        ev._uuid_pos = b.uid
+        ev._uuid_n = b.uid_n
+        pos = b.body
+        if b.cl_n:
+            vs = self._inner_length(p, b.cl, b.head, &ve)
+            if b.cl_n > 1:
+                self._same_lengths(p, b.head, vs, ve)
+            if not _is_digits(p + vs, ve - vs):
                 self._fail("inner Content-Length is not a decimal number", p, n)
-            clen = _to_int(p + first, first_len, self.max_body_size)
+            clen = _to_int(p + vs, ve - vs, self.max_body_size)
             if clen < 0:
                 self._fail(f"inner Content-Length exceeds max_body_size {self.max_body_size}",
                            p, n)
-        if clen >= 0:
             if n - pos != clen:
                 self._fail(f"plain event body "
                            f"{'truncated' if n - pos < clen else 'followed by stray bytes'}: "
@@ -1734,6 +1913,38 @@ cdef class Parser:
         elif pos != n:
             self._fail("plain event has bytes after its headers but no inner Content-Length",
                        p + pos, n - pos)
+        return 0
+
+    cdef Py_ssize_t _inner_length(self, const char* p, Py_ssize_t line, Py_ssize_t stop,
+                                  Py_ssize_t* end) noexcept:
+        """Value of the ``Content-Length:`` line at ``line``: its start, its end in ``end``.
+
+        Header lines end before ``stop`` (the blank line), so the line's LF is there.
+        """
+        cdef Py_ssize_t vs = line + 15
+        cdef Py_ssize_t le = <const char*>memchr(p + line, 10, stop - line) - p
+        cdef Py_ssize_t ve = le - 1 if p[le - 1] == 13 else le
+        if vs < ve and p[vs] == 32:
+            vs += 1
+        end[0] = ve
+        return vs
+
+    cdef int _same_lengths(self, const char* p, Py_ssize_t stop, Py_ssize_t vs,
+                           Py_ssize_t ve) except -1:
+        """Every inner Content-Length line must repeat the first value (rare: a line walk)."""
+        cdef Py_ssize_t pos = 0, le, lve, lvs
+        cdef const char* nl
+        while pos < stop:
+            nl = <const char*>memchr(p + pos, 10, stop - pos)
+            le = nl - p
+            lve = le - 1 if le > pos and p[le - 1] == 13 else le
+            if lve - pos >= 15 and memcmp(p + pos, b"Content-Length:", 15) == 0:
+                lvs = pos + 15
+                if lvs < lve and p[lvs] == 32:
+                    lvs += 1
+                if not _eq(p + lvs, lve - lvs, p + vs, ve - vs):
+                    self._fail("two different inner Content-Length values", p + pos, lve - pos)
+            pos = le + 1
         return 0
 
 

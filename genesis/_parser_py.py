@@ -77,6 +77,12 @@ _NO_COLON: Final = re.compile(rb"^[^:\n]*$", re.M)
 # The headers the framer itself needs, found in one scan of the block.
 _FRAMING: Final = re.compile(rb"^(Content-Length|Content-Type|Event-Name):[ ]?([^\n]*?)\r?$", re.M)
 _INNER_LENGTH: Final = re.compile(rb"^Content-Length:[ ]?([^\n]*?)\r?$", re.M)
+# The names routing reads: a plain event answers them without checking its other
+# lines (see ESLEvent._lookup), as the compiled twin does.
+_ROUTED: Final = {
+    name: re.compile(rb"^" + name.encode() + rb":[ ]?([^\n]*?)\r?$", re.M)
+    for name in ("Event-Name", "Event-Subclass", "Unique-ID")
+}
 
 _EXCERPT: Final = 64
 
@@ -130,10 +136,14 @@ class ESLEvent(MutableMapping[str, Value]):
     it is read: routing usually needs two or three of an event's ~80 headers, and
     URL-decoding the rest would be most of the parsing cost. Anything that needs
     every header (iteration, ``len``, ``==``, mutation) decodes them all once.
+    Its lines are checked for ``:`` when the first read needs them all (the
+    index), so a malformed line fails that read with ProtocolError; a routing
+    name (Event-Name, Event-Subclass, Unique-ID) on a single line is read
+    without them.
     """
 
     __slots__ = ("_block", "_decoded", "_encoded", "_full", "_headers", "_index",
-                 "_strip_length", "content_type", "kind", "raw_body")
+                 "_offset", "_strip_length", "content_type", "kind", "raw_body")
 
     _block: bytes | None
     _index: dict[str, bytes | list[bytes]] | None
@@ -142,6 +152,7 @@ class ESLEvent(MutableMapping[str, Value]):
     _encoded: bool
     _strip_length: bool
     _decoded: int
+    _offset: int
     kind: int
     content_type: str
     raw_body: bytes | None
@@ -156,6 +167,7 @@ class ESLEvent(MutableMapping[str, Value]):
         self._full = True
         self._encoded = False
         self._strip_length = False
+        self._offset = 0
         self.kind = KIND_EVENT
         self.content_type = "text/event-plain"
         collected: dict[str, Value] = {}
@@ -176,6 +188,11 @@ class ESLEvent(MutableMapping[str, Value]):
     def _build_index(self) -> dict[str, bytes | list[bytes]]:
         index: dict[str, bytes | list[bytes]] = {}
         assert self._block is not None
+        if self.kind == KIND_EVENT:
+            bad = _NO_COLON.search(self._block) if self._block else None
+            if bad is not None:
+                raise ProtocolError("event header line without ':'", self._offset,
+                                    bad.group()[:_EXCERPT])
         strip = self._strip_length
         for raw_name, raw_value in _LINE.findall(self._block):
             if strip and raw_name == b"Content-Length":
@@ -197,8 +214,15 @@ class ESLEvent(MutableMapping[str, Value]):
             return value
         index = self._index
         if index is None:
-            index = self._build_index()
-        raw = index.get(name)
+            routed = _ROUTED.get(name) if self.kind == KIND_EVENT else None
+            found = routed.findall(self._block or b"") if routed is not None else None
+            if found is not None and len(found) < 2:
+                raw = found[0] if found else None
+            else:
+                index = self._build_index()
+                raw = index.get(name)
+        else:
+            raw = index.get(name)
         if raw is None:
             return None
         if isinstance(raw, bytes):
@@ -249,7 +273,7 @@ class ESLEvent(MutableMapping[str, Value]):
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        if self._full or name in self._headers:
+        if self._full:
             return name in self._headers
         index = self._index
         if index is None:
@@ -354,6 +378,7 @@ def _lazy(block: bytes, kind: int, content_type: str, encoded: bool,
     event._encoded = encoded
     event._strip_length = strip_length
     event._decoded = 0
+    event._offset = 0
     event.kind = kind
     event.content_type = content_type
     event.raw_body = body
@@ -369,6 +394,7 @@ def _eager(headers: dict[str, Value], content_type: str, body: bytes | None) -> 
     event._encoded = False
     event._strip_length = False
     event._decoded = len(headers)
+    event._offset = 0
     event.kind = KIND_EVENT
     event.content_type = content_type
     event.raw_body = body
@@ -543,7 +569,10 @@ class Parser:
             return _lazy(block, kind, content_type, encoded, False, body)
         payload = body if body is not None else b""
         if ctype == b"text/event-plain":
-            return _plain_event(payload, content_type, pos, self.max_body_size)
+            event = _plain_event(payload, content_type, pos, self.max_body_size)
+            # The stream offset a late ProtocolError (a line without ':') reports.
+            event._offset = self._offset + pos
+            return event
         if ctype == b"text/event-json":
             return _json_event(payload, content_type, pos)
         return _xml_event(payload, content_type, pos)
@@ -555,9 +584,7 @@ def _plain_event(payload: bytes, content_type: str, pos: int, max_body: int) -> 
     if found is None:
         raise _Fail("plain event without a complete inner header block", pos, payload)
     block = payload[:found.start()]
-    bad = _NO_COLON.search(block) if block else None
-    if bad is not None:
-        raise _Fail("event header line without ':'", pos, bad.group())
+    # A line without ':' is found by the first read that indexes the lines.
     length = _length(_INNER_LENGTH.findall(block), max_body, "inner", pos, block)
     rest = len(payload) - found.end()
     if length is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections.abc
 import json
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -221,7 +222,6 @@ GOOD = b"Content-Type: command/reply\nReply-Text: +OK\n\n"
     (b"Content-Length: 1\nContent-Length: 2\n\nab", "two different"),
     (b"Content-Length: 99999999\n\n", "exceeds max_body_size"),
     (b"Content-Length: 4\nContent-Type: text/event-plain\n\nA: b", "inner header"),
-    (b"Content-Length: 11\nContent-Type: text/event-plain\n\nA: b\nnope\n\n", "without ':'"),
     (b"Content-Length: 26\nContent-Type: text/event-plain\n\nA: b\nContent-Length: 5\n\nab",
      "truncated"),
     (b"Content-Length: 9\nContent-Type: text/event-plain\n\nA: b\n\nxyz",
@@ -252,6 +252,48 @@ def test_excerpt_points_at_the_bad_line(twin: ModuleType) -> None:
     error = _error(twin, b"Content-Type: x\nthis line is bad\nA: b\n\n")
     assert error.excerpt == b"this line is bad"
     assert error.offset == 0
+
+
+def test_event_line_without_colon_fails_the_read_that_indexes(twin: ModuleType) -> None:
+    # Framing a plain event does not walk its lines (docs/architecture.md): the bad
+    # line is found by the first read that needs the line index, and every such
+    # read raises it again, with the frame's offset and the line as excerpt.
+    body = b"Event-Name: CUSTOM\nEvent-Subclass: x::y\nA: b\nnope\n\n"
+    bad = b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(body) + body
+    parser = twin.Parser()
+    replies = parser.feed(GOOD + bad + GOOD)
+    assert [m.kind for m in replies] == [twin.KIND_COMMAND_REPLY, twin.KIND_EVENT,
+                                         twin.KIND_COMMAND_REPLY]
+    event = replies[1]
+    # Routing names on a single line are read without the index.
+    assert event.name == "x::y"
+    assert event.get("Unique-ID") is None
+    assert event.decoded == 2
+    reads: list[Callable[[], object]] = [
+        lambda: event["A"], lambda: event.get("A"), lambda: "A" in event,
+        lambda: len(event), lambda: dict(event), lambda: list(event.keys()),
+        lambda: event == {}, lambda: event.copy()]
+    for read in reads:
+        with pytest.raises(ProtocolError) as caught:
+            read()
+        assert "without ':'" in caught.value.reason
+        assert caught.value.offset == len(GOOD)
+        assert caught.value.excerpt == b"nope"
+    assert replies[2]["Reply-Text"] == "+OK"
+    # Nothing was half-built: the stream after it parses on.
+    assert parser.feed(GOOD)[0]["Reply-Text"] == "+OK"
+
+
+def test_event_line_without_colon_in_a_repeated_routing_name(twin: ModuleType) -> None:
+    # A repeated Event-Name must be merged, which takes the line index: .name raises.
+    body = b"Event-Name: COMMAND\nbad\nEvent-Name: PRIVATE_COMMAND\n\n"
+    event = twin.Parser().feed(
+        b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(body) + body)[0]
+    with pytest.raises(ProtocolError, match="without ':'"):
+        _ = event.name
+    with pytest.raises(ProtocolError, match="without ':'"):
+        event.get("Event-Name")
+    assert event.decoded == 0
 
 
 def test_header_block_that_never_ends_is_bounded(twin: ModuleType) -> None:
