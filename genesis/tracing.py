@@ -210,7 +210,13 @@ class EventSpans:
         root = self._root
         span = self._tracer.start_span("process_event", root, links=links)
         if span.is_recording():
-            self._record(span, self._flattener.flatten(event))
+            try:
+                self._record(span, self._flattener.flatten(event))
+            except BaseException:
+                # Reading every header can find a plain event's malformed line (a
+                # ProtocolError the engine closes the connection on): end the span first.
+                span.end()
+                raise
         context = self._in_context(span, root)
         token = self._attach(context)
         dispatcher.trace_context = context

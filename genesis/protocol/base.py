@@ -174,14 +174,22 @@ class Protocol(asyncio.Protocol):
         parser = self._parser
         if parser is None:
             return
+        error: ProtocolError | None = None
         try:
             messages = parser.feed(data)
         except ProtocolError as exc:
             # The frames completed before the bad one are delivered: no reply is lost.
-            self._handle(exc.messages)
-            self._protocol_error(exc)
-            return
-        self._handle(messages)
+            messages = exc.messages
+            error = exc
+        try:
+            self._handle(messages)
+        except ProtocolError as exc:
+            # A plain event's header lines are checked by the first read that indexes
+            # them (docs/architecture.md): when that read is the engine's own, the event
+            # is a bad frame like one feed() refuses, and what follows it is dropped too.
+            error = exc
+        if error is not None:
+            self._protocol_error(error)
 
     def _handle(self, messages: list[ESLEvent]) -> None:
         spans = tracing.event_spans()
