@@ -192,7 +192,7 @@ class ESLEvent(MutableMapping[str, Value]):
             bad = _NO_COLON.search(self._block) if self._block else None
             if bad is not None:
                 raise ProtocolError("event header line without ':'", self._offset,
-                                    bad.group()[:_EXCERPT])
+                                    _bad_line(bad)[:_EXCERPT])
         strip = self._strip_length
         for raw_name, raw_value in _LINE.findall(self._block):
             if strip and raw_name == b"Content-Length":
@@ -350,6 +350,12 @@ class ESLEvent(MutableMapping[str, Value]):
             if subclass is not None:
                 return subclass
         return event_name
+
+
+def _bad_line(found: re.Match[bytes]) -> bytes:
+    # The excerpt is the line as a header: without the CR of a CRLF ending.
+    line = found.group()
+    return line[:-1] if line.endswith(b"\r") else line
 
 
 def _check_value(value: object) -> None:
@@ -541,7 +547,7 @@ class Parser:
               head_size: int) -> tuple[int, int, bytes, bytes, int, bool]:
         bad = _NO_COLON.search(block)
         if bad is not None:
-            raise _Fail("header line without ':'", pos, bad.group())
+            raise _Fail("header line without ':'", pos, _bad_line(bad))
         lengths: list[bytes] = []
         ctype = b""
         has_ctype = False

@@ -284,6 +284,17 @@ def test_event_line_without_colon_fails_the_read_that_indexes(twin: ModuleType) 
     assert parser.feed(GOOD)[0]["Reply-Text"] == "+OK"
 
 
+def test_line_without_colon_excerpt_drops_the_cr(twin: ModuleType) -> None:
+    # The excerpt is the line as the header reader sees it: a CRLF ending is not in it.
+    assert _error(twin, b"Content-Type: x\r\nbad\r\n\r\n").excerpt == b"bad"
+    body = b"A: b\r\nbad\r\n\r\n"
+    event = twin.Parser().feed(
+        b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(body) + body)[0]
+    with pytest.raises(ProtocolError) as caught:
+        event["A"]
+    assert caught.value.excerpt == b"bad"
+
+
 def test_event_line_without_colon_in_a_repeated_routing_name(twin: ModuleType) -> None:
     # A repeated Event-Name must be merged, which takes the line index: .name raises.
     body = b"Event-Name: COMMAND\nbad\nEvent-Name: PRIVATE_COMMAND\n\n"
