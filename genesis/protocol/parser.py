@@ -13,6 +13,26 @@ from typing import TYPE_CHECKING
 
 from genesis.exceptions import ProtocolError
 
+__all__ = [
+    "IMPLEMENTATION",
+    "KIND_API_RESPONSE",
+    "KIND_AUTH_REQUEST",
+    "KIND_COMMAND_REPLY",
+    "KIND_DISCONNECT_NOTICE",
+    "KIND_EVENT",
+    "KIND_LOG",
+    "KIND_RUDE_REJECTION",
+    "KIND_UNKNOWN",
+    "ESLEvent",
+    "HeaderFlattener",
+    "MessageKind",
+    "Parser",
+    "encode_value",
+    "parse_headers",
+    "serialize_event",
+    "snake_case",
+]
+
 if TYPE_CHECKING:
     # mypy checks against the twin it can read; both export the same names.
     from genesis._parser_py import (
@@ -34,12 +54,9 @@ if TYPE_CHECKING:
 
     IMPLEMENTATION: str
 else:
-    # Both twins export exactly these names (the runtime twin of the import above).
-    _TWIN_NAMES = (
-        "KIND_API_RESPONSE", "KIND_AUTH_REQUEST", "KIND_COMMAND_REPLY", "KIND_DISCONNECT_NOTICE",
-        "KIND_EVENT", "KIND_LOG", "KIND_RUDE_REJECTION", "KIND_UNKNOWN", "ESLEvent",
-        "HeaderFlattener", "Parser", "encode_value", "serialize_event", "snake_case",
-    )
+    # Every public name except this module's own comes from the twin (both export them all).
+    _OWN_NAMES = ("IMPLEMENTATION", "MessageKind", "parse_headers")
+    _TWIN_NAMES = [name for name in __all__ if name not in _OWN_NAMES]
 
     def _load_twin():
         if os.environ.get("GENESIS_NO_EXTENSIONS") != "1":
@@ -57,25 +74,6 @@ else:
     globals().update({name: getattr(_twin, name) for name in _TWIN_NAMES})
     del _twin, _load_twin
 
-__all__ = [
-    "IMPLEMENTATION",
-    "KIND_API_RESPONSE",
-    "KIND_AUTH_REQUEST",
-    "KIND_COMMAND_REPLY",
-    "KIND_DISCONNECT_NOTICE",
-    "KIND_EVENT",
-    "KIND_LOG",
-    "KIND_RUDE_REJECTION",
-    "KIND_UNKNOWN",
-    "ESLEvent",
-    "HeaderFlattener",
-    "MessageKind",
-    "Parser",
-    "encode_value",
-    "parse_headers",
-    "serialize_event",
-    "snake_case",
-]
 
 
 class MessageKind(IntEnum):
