@@ -21,7 +21,7 @@ import json
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
-from cpython.list cimport PyList_Append
+from cpython.list cimport PyList_Append, PyList_AsTuple
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
@@ -734,6 +734,28 @@ cdef class ESLEvent:
             self._decoded += 1
         return _split_value(_value_str(p + vs, ve - vs))
 
+    cdef void _count_line(self, uint32_t* s) noexcept:
+        """Count the line ``s`` in ``decoded`` the first time its value is decoded.
+
+        A routing name on one line may have been counted already by a read that
+        found it while framing (its ``_route_seen`` bit), not through ``_lines``.
+        """
+        cdef int bit = 0
+        if s[3] & _SEEN:
+            return
+        s[3] |= _SEEN
+        if self._en_n == 1 and <Py_ssize_t>s[0] == self._en_pos:
+            bit = 1
+        elif self._sub_n == 1 and <Py_ssize_t>s[0] == self._sub_pos:
+            bit = 2
+        elif self._uuid_n == 1 and <Py_ssize_t>s[0] == self._uuid_pos:
+            bit = 4
+        if bit:
+            if self._route_seen & bit:
+                return
+            self._route_seen |= bit
+        self._decoded += 1
+
     cdef object _value_at(self, Py_ssize_t i):
         return _line_value(PyBytes_AS_STRING(self._raw), self._lines + i * _SLOT, self._urlenc)
 
@@ -1142,25 +1164,6 @@ cdef class ESLEvent:
         shown = ", ".join(f"{k!r}: {v!r}" for k, v in list(d.items())[:4])
         more = f", ... {len(d) - 4} more" if len(d) > 4 else ""
         return f"<ESLEvent {self.name or self.content_type!s} {{{shown}{more}}}>"
-
-    cdef list _wire_names(self):
-        """Distinct header names in wire order, without decoding any value."""
-        cdef list names = []
-        cdef set seen = set()
-        cdef const char* base
-        cdef uint32_t* s
-        cdef Py_ssize_t i
-        if self._dict is not None:
-            return list(<dict>self._dict)
-        self._need_lines()
-        base = PyBytes_AS_STRING(self._raw)
-        for i in range(self._nlines):
-            s = self._lines + i * _SLOT
-            name = _name_str(base + s[0], s[1])
-            if name not in seen:
-                seen.add(name)
-                names.append(name)
-        return names
 
 
 MutableMapping.register(ESLEvent)
@@ -1980,23 +1983,46 @@ def snake_case(str name):
 cdef class HeaderFlattener:
     """Turns an event into span attributes, bounded by OpenTelemetry's attribute limit.
 
-    A FreeSWITCH event carries ~75 headers, so every per-header step counts: the
-    attribute key of each header name (``event.header.<snake_case>``, or "not
-    recorded" for Unique-ID and names outside the allowlist) is computed once per
-    flattener and then found with one dictionary lookup; the values come straight
-    from the event's decoded dictionary in one pass. With an allowlist only the
-    allowlisted headers of a lazy event are decoded.
+    A FreeSWITCH event carries ~75 headers and a recorded span costs the SDK tens of
+    microseconds already, so the flattener makes one pass over a lazy event's lines
+    and keeps nothing in the event: per line, the name's slot in the parser's name
+    cache (a slot holds one name for the life of the process) leads to the attribute
+    key (``event.header.<snake_case>``, or "not recorded" for Unique-ID and names
+    outside the allowlist) computed once per flattener, and only recorded values are
+    decoded. Values are what the SDK stores: ``str``, or a tuple of ``str`` for
+    ``ARRAY::`` values and repeated headers. Headers whose names flatten to the same
+    key (``Foo-Bar`` and ``foo_bar``) are merged into one tuple in header order.
+
+    A header name met twice in one event must be merged in name order, which one
+    pass over the lines cannot do; such an event (a re-typed COMMAND) takes the
+    name-by-name path, as do events already decoded into a dict.
     """
 
     cdef object _allow
     cdef dict _keys
+    # Per name cache slot: the attribute key of its name (a reference), Py_None for
+    # "not recorded", NULL until met.
+    cdef PyObject** _by_slot
     cdef public Py_ssize_t max_attributes
+
+    def __cinit__(self):
+        self._by_slot = <PyObject**>PyMem_Malloc(_NAME_CACHE_SIZE * sizeof(PyObject*))
+        if self._by_slot == NULL:
+            raise MemoryError()
+        memset(self._by_slot, 0, _NAME_CACHE_SIZE * sizeof(PyObject*))
 
     def __init__(self, allowlist=None, Py_ssize_t max_attributes=128):
         self._allow = (None if allowlist is None
                        else frozenset([snake_case(name) for name in allowlist]))
         self._keys = {}
         self.max_attributes = max_attributes
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self._by_slot != NULL:
+            for i in range(_NAME_CACHE_SIZE):
+                Py_XDECREF(self._by_slot[i])
+            PyMem_Free(self._by_slot)
 
     cdef object _key(self, object header):
         """``event.header.<snake_case>`` for ``header``, or None when it is not recorded."""
@@ -2014,14 +2040,20 @@ cdef class HeaderFlattener:
             self._keys[header] = key
         return key
 
+    cdef inline PyObject* _slot_key(self, Py_ssize_t slot):
+        """``_key`` of the name in cache slot ``slot`` (borrowed; the table owns it)."""
+        cdef PyObject* key = self._by_slot[slot]
+        if key == NULL:
+            found = self._key(<object>_name_cache[slot].text)
+            Py_INCREF(found)
+            key = <PyObject*>found
+            self._by_slot[slot] = key
+        return key
+
     def flatten(self, ESLEvent event):
         """``event.name``, ``event.uuid``, then ``event.header.<snake_case>`` in wire order."""
         cdef dict attrs = {}
         cdef Py_ssize_t limit = self.max_attributes
-        cdef Py_ssize_t pos = 0
-        cdef PyObject* header
-        cdef PyObject* value
-        cdef dict headers
         if limit <= 0:
             return attrs
         name = event.name
@@ -2029,25 +2061,131 @@ cdef class HeaderFlattener:
             attrs["event.name"] = name
         uuid = event._lookup("Unique-ID", None)
         if uuid is not None and len(attrs) < limit:
-            attrs["event.uuid"] = uuid
-        if self._allow is not None and event._dict is None:
-            for wire_name in event._wire_names():
-                if len(attrs) >= limit:
-                    break
-                key = self._key(wire_name)
-                if key is not None:
-                    found = event._lookup(wire_name, None)
-                    if found is not None:
-                        attrs[key] = found
-            return attrs
-        # Every value is needed: decoding them all once, into the event's own dict,
-        # also serves any handler that reads the event afterwards.
-        headers = event._materialize()
-        while len(attrs) < limit and PyDict_Next(headers, &pos, &header, &value):
-            key = self._key(<object>header)
-            if key is not None:
-                attrs[key] = <object>value
+            attrs["event.uuid"] = _attribute(uuid)
+        if event._dict is not None:
+            self._add_dict(<dict>event._dict, attrs, limit - len(attrs))
+        elif not self._add_lines(event, attrs, limit - len(attrs)):
+            self._add_names(event, attrs, limit - len(attrs))
         return attrs
+
+    cdef bint _add_lines(self, ESLEvent event, dict attrs, Py_ssize_t room) except -1:
+        """Add the recorded lines of a lazy message to ``attrs`` in one pass.
+
+        A repeated name is merged into its first line's entry, which is name order.
+        False (and ``attrs`` as it was) when that order cannot be kept this way:
+        two distinct names flattening to one key, or a name the cache refuses.
+        """
+        global _name_pass
+        cdef const char* base
+        cdef uint32_t* s
+        cdef Py_ssize_t i, slot, mark = len(attrs)
+        cdef PyObject* key
+        cdef PyObject* old
+        cdef uint32_t this_pass
+        cdef bint repeated
+        event._need_lines()
+        base = PyBytes_AS_STRING(event._raw)
+        _name_pass += 1
+        if _name_pass == 0:
+            memset(_name_seen, 0, sizeof(_name_seen))
+            _name_pass = 1
+        this_pass = _name_pass
+        for i in range(event._nlines):
+            s = event._lines + i * _SLOT
+            slot = _name_slot(base + s[0], s[1], _hash_name(base + s[0], s[1]))
+            if slot < 0:
+                return self._restart(attrs, mark)
+            key = self._slot_key(slot)
+            repeated = _name_seen[slot] == this_pass
+            _name_seen[slot] = this_pass
+            if key == <PyObject*>None:
+                continue
+            old = PyDict_GetItem(attrs, <object>key)
+            if old == NULL:
+                if room <= 0:
+                    continue
+            elif not repeated:
+                return self._restart(attrs, mark)
+            value = _attribute(_line_value(base, s, event._urlenc))
+            event._count_line(s)
+            if old == NULL:
+                PyDict_SetItem(attrs, <object>key, value)
+                room -= 1
+            else:
+                PyDict_SetItem(attrs, <object>key, _join_attribute(<object>old, value))
+        if _name_pass != this_pass:
+            # Decoding allocated, the GC ran a finalizer that listed another message,
+            # and the repeat marks were overwritten by its pass.
+            return self._restart(attrs, mark)
+        return True
+
+    cdef bint _restart(self, dict attrs, Py_ssize_t mark):
+        """Drop what a refused one-pass flatten added after the first ``mark`` entries."""
+        for key in list(attrs)[mark:]:
+            del attrs[key]
+        return False
+
+    cdef void _add_dict(self, dict headers, dict attrs, Py_ssize_t room) except *:
+        """Add a decoded message's headers to ``attrs``, name by name."""
+        for name, value in headers.items():
+            key = self._key(name)
+            if key is not None:
+                room -= _add(attrs, key, _attribute(value), room > 0)
+
+    cdef void _add_names(self, ESLEvent event, dict attrs, Py_ssize_t room) except *:
+        """Add a lazy message's recorded headers to ``attrs``, name by name.
+
+        The lines are grouped by name first (one pass), so a hostile event of many
+        repeated or colliding names costs linear time; only recorded values are
+        decoded, each name counted once in ``decoded``.
+        """
+        cdef const char* base = PyBytes_AS_STRING(event._raw)
+        cdef uint32_t* s
+        cdef Py_ssize_t i
+        cdef dict lines = {}
+        cdef list at
+        for i in range(event._nlines):
+            s = event._lines + i * _SLOT
+            name = _name_str(base + s[0], s[1])
+            found = lines.get(name)
+            if found is None:
+                lines[name] = [i]
+            else:
+                (<list>found).append(i)
+        for name, found in lines.items():
+            key = self._key(name)
+            if key is None or (room <= 0 and PyDict_GetItem(attrs, key) == NULL):
+                continue
+            at = <list>found
+            value = _attribute(event._value_at(at[0]))
+            event._count_line(event._lines + <Py_ssize_t>at[0] * _SLOT)
+            for i in at[1:]:
+                value = _join_attribute(value, _attribute(event._value_at(i)))
+                (event._lines + i * _SLOT)[3] |= _SEEN
+            room -= _add(attrs, key, value, room > 0)
+
+
+cdef object _attribute(object value):
+    """A header value as an attribute value: a list becomes a tuple, as the SDK stores it."""
+    return PyList_AsTuple(value) if type(value) is list else value
+
+
+cdef object _join_attribute(object old, object value):
+    """Two values of one attribute key, in header order, as one tuple."""
+    return ((<tuple>old if type(old) is tuple else (old,))
+            + (<tuple>value if type(value) is tuple else (value,)))
+
+
+cdef Py_ssize_t _add(dict attrs, object key, object value, bint room) except -1:
+    """Add ``value`` under ``key`` or merge it into the entry there; 1 for a new entry."""
+    cdef PyObject* old = PyDict_GetItem(attrs, key)
+    if old == NULL:
+        if not room:
+            return 0
+        attrs[key] = value
+        return 1
+    attrs[key] = _join_attribute(<object>old, value)
+    return 0
 
 
 # ---------------------------------------------------------------------------

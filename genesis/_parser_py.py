@@ -54,6 +54,8 @@ KIND_RUDE_REJECTION: Final = 7
 KIND_UNKNOWN: Final = 8
 
 Value = str | list[str]
+# A span attribute value as the OpenTelemetry SDK stores it.
+Attribute = str | tuple[str, ...]
 
 _KINDS: Final[dict[bytes, int]] = {
     b"auth/request": KIND_AUTH_REQUEST,
@@ -863,7 +865,11 @@ class HeaderFlattener:
     building ~80 of them per event costs more than parsing it, so the flattener
     can be limited to an allowlist and always stops at ``max_attributes``. The
     attribute key of each header name (``event.header.<snake_case>``, or None for
-    Unique-ID and names outside the allowlist) is computed once per flattener.
+    Unique-ID and names outside the allowlist) is computed once per flattener, and
+    only recorded values are decoded. Values are what the SDK stores: ``str``, or
+    a tuple of ``str`` for ``ARRAY::`` values and repeated headers. Headers whose
+    names flatten to the same key (``Foo-Bar`` and ``foo_bar``) are merged into
+    one tuple in header order.
     """
 
     __slots__ = ("_allow", "_keys", "max_attributes")
@@ -890,10 +896,10 @@ class HeaderFlattener:
             self._keys[header] = key
         return key
 
-    def flatten(self, event: ESLEvent) -> dict[str, Value]:
+    def flatten(self, event: ESLEvent) -> dict[str, Attribute]:
         """``event.name``, ``event.uuid``, then ``event.header.<snake_case>`` in wire order."""
         limit = self.max_attributes
-        attributes: dict[str, Value] = {}
+        attributes: dict[str, Attribute] = {}
         if limit <= 0:
             return attributes
         name = event.name
@@ -901,24 +907,37 @@ class HeaderFlattener:
             attributes["event.name"] = name
         uuid = event.get("Unique-ID")
         if uuid is not None and len(attributes) < limit:
-            attributes["event.uuid"] = uuid
-        if self._allow is not None and not event._full:
-            index = event._index if event._index is not None else event._build_index()
-            for header in list(index):
-                if len(attributes) >= limit:
-                    break
-                key = self._key(header)
-                if key is not None:
-                    found = event.get(header)
-                    if found is not None:
-                        attributes[key] = found
-            return attributes
-        # Every value is needed: decoding them all once, into the event's own dict,
-        # also serves any handler that reads the event afterwards.
-        for header, value in event.items():
-            if len(attributes) >= limit:
-                break
+            attributes["event.uuid"] = _attribute(uuid)
+        room = limit - len(attributes)
+        names: Iterable[str]
+        if event._full:
+            names = event._headers
+        else:
+            names = event._index if event._index is not None else event._build_index()
+        for header in names:
             key = self._key(header)
-            if key is not None:
-                attributes[key] = value
+            if key is None:
+                continue
+            old = attributes.get(key)
+            if old is None and room <= 0:
+                continue
+            value = event.get(header)
+            if value is None:
+                continue
+            if old is None:
+                attributes[key] = _attribute(value)
+                room -= 1
+            else:
+                attributes[key] = _join_attribute(old, _attribute(value))
         return attributes
+
+
+def _attribute(value: Value) -> Attribute:
+    """A header value as an attribute value: a list becomes a tuple, as the SDK stores it."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _join_attribute(old: Attribute, value: Attribute) -> tuple[str, ...]:
+    """Two values of one attribute key, in header order, as one tuple."""
+    return ((old if isinstance(old, tuple) else (old,))
+            + (value if isinstance(value, tuple) else (value,)))

@@ -20,8 +20,8 @@ What a recorded event span costs is dominated by the SDK, not by Genesis: the SD
 alone is more than a hundred untraced events. The flattener's output needs none of that
 validation (keys are non-empty ``str``, values ``str`` or lists of ``str``), so for the SDK's
 own span class, when no attribute length limit is set and the count limit leaves room, the
-attributes are stored directly, lists as tuples, exactly as ``set_attributes`` would store
-them; any other span, limit or SDK layout goes through ``set_attributes``.
+attributes are stored directly, exactly as ``set_attributes`` would store them; any other
+span, limit or SDK layout goes through ``set_attributes``.
 
 Trace shape: a connection lives for days and receives millions of events, and a trace is
 meant to be one operation; backends cannot show (or even store) a trace that grows for a
@@ -227,13 +227,13 @@ class EventSpans:
             self._detach(token)
             span.end()
 
-    def _record(self, span: Span, attributes: dict[str, str | list[str]]) -> None:
+    def _record(self, span: Span, attributes: dict[str, str | tuple[str, ...]]) -> None:
         """Store the attributes the way the SDK's ``set_attributes`` would, minus its checks.
 
-        The SDK's validation would leave each value unchanged except lists, which it
-        stores as tuples; so does this. Another span class, a length limit (values would
-        be truncated) or a count limit the attributes do not fit in (old ones would be
-        dropped) is left to ``set_attributes``.
+        The flattener's values are already what the SDK would store (``str`` or a tuple
+        of ``str``). Another span class, a length limit (values would be truncated) or
+        a count limit the attributes do not fit in (old ones would be dropped) is left
+        to ``set_attributes``.
         """
         bounded: Any = None
         if type(span) is self._span_class:
@@ -244,13 +244,7 @@ class EventSpans:
                     and len(bounded._dict) + len(attributes) > bounded.maxlen)):
             span.set_attributes(attributes)
             return
-        stored = bounded._dict
-        stored.update(attributes)
-        # Lists (repeated headers, ARRAY:: values) are rare: find them at C speed first.
-        if list in map(type, attributes.values()):
-            for key, value in attributes.items():
-                if type(value) is list:
-                    stored[key] = tuple(value)
+        bounded._dict.update(attributes)
 
 
 def _direct_storage() -> tuple[Any, Any]:

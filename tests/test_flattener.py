@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import pytest
 
 
 def _parsed(twin: ModuleType, lines: bytes) -> Any:
@@ -28,7 +32,7 @@ def test_flatten_in_wire_order(twin: ModuleType) -> None:
     assert list(attributes.items()) == [
         ("event.name", "a::b"), ("event.uuid", "u1"), ("event.header.event_name", "CUSTOM"),
         ("event.header.event_subclass", "a::b"), ("event.header.channel_state", "CS_INIT"),
-        ("event.header.l", ["x", "y"])]
+        ("event.header.l", ("x", "y"))]
 
 
 def test_allowlist_decodes_only_what_it_keeps(twin: ModuleType) -> None:
@@ -54,3 +58,69 @@ def test_non_event_has_no_name(twin: ModuleType) -> None:
     (reply,) = twin.Parser().feed(b"Content-Type: command/reply\nReply-Text: +OK\n\n")
     assert twin.HeaderFlattener().flatten(reply) == {
         "event.header.content_type": "command/reply", "event.header.reply_text": "+OK"}
+
+
+def test_allowlist_counts_what_it_decodes_once(twin: ModuleType) -> None:
+    """Every twin counts a header once, whether routing or the flattener decoded it."""
+    event = _parsed(twin, b"Event-Name: E\nUnique-ID: u\nA: 1\nB: 2\nC: 3\n")
+    assert event.get("A") == "1"
+    flattener = twin.HeaderFlattener()
+    assert flattener.flatten(event) == {
+        "event.name": "E", "event.uuid": "u", "event.header.event_name": "E",
+        "event.header.a": "1", "event.header.b": "2", "event.header.c": "3"}
+    assert event.decoded == 5
+    # Still lazy and still whole: the flattener decodes for the span, not into the event.
+    assert dict(event) == {"Event-Name": "E", "Unique-ID": "u", "A": "1", "B": "2", "C": "3"}
+
+
+def test_repeated_headers_become_one_tuple(twin: ModuleType) -> None:
+    """A re-typed COMMAND carries Event-Name twice; interleaved repeats merge by name."""
+    event = _parsed(twin, b"Event-Name: COMMAND\nX: 1\nEvent-Name: PRIVATE_COMMAND\n"
+                          b"x: 2\nX: 3\nL: ARRAY%3A%3Aa%7C%3Ab\nL: c\n")
+    assert twin.HeaderFlattener().flatten(event) == {
+        "event.name": "PRIVATE_COMMAND",
+        "event.header.event_name": ("COMMAND", "PRIVATE_COMMAND"),
+        # X's two lines first (one name), then x, which flattens to the same key.
+        "event.header.x": ("1", "3", "2"),
+        "event.header.l": ("a", "b", "c")}
+
+
+def test_names_sharing_a_key_merge_in_header_order(twin: ModuleType) -> None:
+    event = _parsed(twin, b"Event-Name: E\nFoo-Bar: 1\nfoo_bar: 2\nFOO.BAR: 3\n")
+    assert twin.HeaderFlattener().flatten(event)["event.header.foo_bar"] == ("1", "2", "3")
+
+
+def test_full_cap_still_merges_known_keys(twin: ModuleType) -> None:
+    event = _parsed(twin, b"Event-Name: E\nA: 1\nB: 2\na: 3\n")
+    assert twin.HeaderFlattener(max_attributes=3).flatten(event) == {
+        "event.name": "E", "event.header.event_name": "E", "event.header.a": ("1", "3")}
+
+
+def test_a_materialized_event_flattens_the_same(twin: ModuleType) -> None:
+    raw = b"Event-Name: E\nUnique-ID: u\nA: x%20y\nL: ARRAY%3A%3Aa%7C%3Ab\n"
+    lazy = _parsed(twin, raw)
+    read = _parsed(twin, raw)
+    dict(read)
+    changed = _parsed(twin, raw)
+    changed["New"] = "n"
+    flattener = twin.HeaderFlattener()
+    expected = {"event.name": "E", "event.uuid": "u", "event.header.event_name": "E",
+                "event.header.a": "x y", "event.header.l": ("a", "b")}
+    assert flattener.flatten(lazy) == expected
+    assert flattener.flatten(read) == expected
+    assert flattener.flatten(changed) == {**expected, "event.header.new": "n"}
+
+
+@pytest.mark.parametrize("capture", ["plain.bin", "json.bin", "xml.bin"])
+def test_twins_flatten_the_corpus_alike(corpus: Path, capture: str) -> None:
+    """Every message of the real captures gives the same attributes from both twins."""
+    data = (corpus / capture).read_bytes()
+    python = importlib.import_module("genesis._parser_py")
+    compiled = pytest.importorskip("genesis._parser")
+    for allowlist in (None, ["Channel-State", "Event-Subclass", "Caller-Destination-Number"]):
+        expected = [python.HeaderFlattener(allowlist).flatten(m)
+                    for m in python.Parser().feed(data)]
+        flattener = compiled.HeaderFlattener(allowlist)
+        assert [flattener.flatten(m) for m in compiled.Parser().feed(data)] == expected
+        # The comparison saw real events: every header, or the allowlisted few.
+        assert any(len(a) > (60 if allowlist is None else 3) for a in expected)
