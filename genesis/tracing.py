@@ -12,16 +12,28 @@ costs more than parsing the event. So the decision is made before OpenTelemetry 
    ``process_event`` span (a ratio of 0.01 traces exactly one event in a hundred, evenly
    spaced, without calling a random generator). The engine runs it inline in its dispatch
    loop; untraced events pay two integer operations.
-4. Attributes are built (by the parser's HeaderFlattener) only if the started span reports
-   ``is_recording()``: an unsampled span gets no attribute dictionary at all.
+4. A traced event gets an :class:`EventSpan`: the engine notes its start and end times
+   around the event's sync handlers, and the SDK span is started later, in a batch with
+   the connection's other event spans (:class:`SpanBatch`), with those exact times. An
+   SDK span costs tens of microseconds of Python, several times that when it runs between
+   thousands of parsed events that pushed its code out of the CPU caches; in a batch the
+   code stays warm. Whatever needs the real span sooner (a handler opening a child span,
+   sending a command, propagating the context) starts it on the spot.
+5. Attributes are built (by the parser's HeaderFlattener) only if the SDK span reports
+   ``is_recording()``: a span the SDK's sampler drops gets no attribute dictionary at all.
 
 What a recorded event span costs is dominated by the SDK, not by Genesis: the SDK's
 ``set_attributes`` validates every attribute in Python (~1 us each; an event has ~75), which
 alone is more than a hundred untraced events. The flattener's output needs none of that
-validation (keys are non-empty ``str``, values ``str`` or lists of ``str``), so for the SDK's
+validation (keys are non-empty ``str``, values ``str`` or tuples of ``str``), so for the SDK's
 own span class, when no attribute length limit is set and the count limit leaves room, the
 attributes are stored directly, exactly as ``set_attributes`` would store them; any other
 span, limit or SDK layout goes through ``set_attributes``.
+
+Because the attributes are read when the SDK span starts, after the engine routed the
+event, tracing changes nothing in how an event is handled: a malformed header line that no
+handler reads is recorded as the span's error status, and the connection goes on, as it does
+untraced. A handler that changes the event before then changes the recorded attributes.
 
 Trace shape: a connection lives for days and receives millions of events, and a trace is
 meant to be one operation; backends cannot show (or even store) a trace that grows for a
@@ -37,21 +49,33 @@ the context its event had (the dispatcher keeps it with the queued coroutine). C
 Knobs, read on first use and settable with :func:`configure`:
 ``GENESIS_EVENT_SPAN_RATIO`` (0.0-1.0, default 1.0): share of events with a span;
 ``GENESIS_EVENT_SPAN_HEADERS`` (comma separated header names): the only headers recorded as
-``event.header.*`` (default: every header, capped at 128 attributes).
+``event.header.*`` (default: every header, capped at 128 attributes). The ratio is decided
+before OpenTelemetry is touched; an SDK sampler decides only after an SDK span was started,
+so it is the ratio that makes unsampled events free. :func:`flush` hands pending event spans
+to the SDK at once (before ``force_flush()`` in a test or at a custom shutdown).
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
+import threading
+from collections.abc import Mapping
+from time import time_ns
 from typing import TYPE_CHECKING, Any
+
+from opentelemetry.trace import Span, Status, StatusCode
+
+from genesis.exceptions import ProtocolError
 
 if TYPE_CHECKING:
     from contextvars import Token
 
     from opentelemetry.context import Context
-    from opentelemetry.trace import Link, Span, Tracer
+    from opentelemetry.trace import Link, SpanContext, Tracer
+    from opentelemetry.util import types
 
     from genesis.protocol.dispatch import Dispatcher
     from genesis.protocol.parser import ESLEvent, HeaderFlattener
@@ -63,6 +87,13 @@ _TRACER_NAME = "genesis"
 # The ratio accumulator counts in billionths, so decimal ratios such as 0.01 are exact
 # (a float accumulator drifts: a hundred 0.01 steps sum to 0.9999999999999999).
 SPAN_UNIT = 1_000_000_000
+# A connection's completed event spans wait for the SDK until this many are pending, or
+# this many seconds after the first of them (see SpanBatch).
+BATCH_SIZE = 32
+BATCH_DELAY = 0.2
+# Guards span materialization and batch hand-over: a span's context can reach another
+# thread (asyncio.to_thread copies it), and flush() may be called from any thread.
+_LOCK = threading.Lock()
 
 
 class _State:
@@ -197,26 +228,17 @@ class EventSpans:
         return False
 
     def dispatch(
-        self, dispatcher: Dispatcher, event: ESLEvent, name: str | None,
-        links: tuple[Link, ...],
+        self, dispatcher: Dispatcher, event: ESLEvent, name: str | None, batch: SpanBatch,
     ) -> None:
-        """Dispatch ``event`` inside a root ``process_event`` span linked by ``links``.
+        """Dispatch ``event`` inside its ``process_event`` span, then hand that to ``batch``.
 
         The span is current while the sync handlers run, so spans they open are its
         children, and the dispatcher queues its context with the coroutines async
-        handlers return. Handler errors never reach here (the dispatcher logs them),
-        so the span only needs ending. Called between :meth:`enter` and :meth:`leave`.
+        handlers return. Handler errors never reach here (the dispatcher logs them).
+        Called between :meth:`enter` and :meth:`leave`.
         """
+        span = EventSpan(self, event, batch.links, time_ns())
         root = self._root
-        span = self._tracer.start_span("process_event", root, links=links)
-        if span.is_recording():
-            try:
-                self._record(span, self._flattener.flatten(event))
-            except BaseException:
-                # Reading every header can find a plain event's malformed line (a
-                # ProtocolError the engine closes the connection on): end the span first.
-                span.end()
-                raise
         context = self._in_context(span, root)
         token = self._attach(context)
         dispatcher.trace_context = context
@@ -225,7 +247,27 @@ class EventSpans:
         finally:
             dispatcher.trace_context = root
             self._detach(token)
-            span.end()
+            span.end_time = time_ns()
+            batch.add(span)
+
+    def start(self, event: ESLEvent, links: tuple[Link, ...], start_time: int) -> Span:
+        """The SDK span of an :class:`EventSpan`: started at its time, with its attributes.
+
+        The attributes are read from the event now, so a handler that changed the event
+        changed them. Reading every header can meet a malformed line, which the
+        engine never read (it only routed the event): the span then records the error
+        instead of the headers, and the connection goes on as it does untraced.
+        """
+        span = self._tracer.start_span("process_event", self._root, links=links,
+                                       start_time=start_time)
+        if span.is_recording():
+            try:
+                attributes = self._flattener.flatten(event)
+            except ProtocolError as exc:
+                span.set_status(Status(StatusCode.ERROR, f"malformed event: {exc}"))
+            else:
+                self._record(span, attributes)
+        return span
 
     def _record(self, span: Span, attributes: dict[str, str | tuple[str, ...]]) -> None:
         """Store the attributes the way the SDK's ``set_attributes`` would, minus its checks.
@@ -264,6 +306,161 @@ def _direct_storage() -> tuple[Any, Any]:
     return span_class, BoundedAttributes
 
 
+class EventSpan(Span):
+    """A ``process_event`` span whose SDK span is started only when it is needed.
+
+    Starting an SDK span costs tens of microseconds of Python, several times that when
+    it runs between thousands of parsed events that have pushed its code out of the
+    CPU caches. So the engine records the start and end times and queues the span on
+    its connection's :class:`SpanBatch`, which starts and ends the SDK spans together,
+    with those exact times. Anything that needs the real span sooner gets it at once:
+    asking for the span context (a handler opening a child span, a command sent from a
+    handler, context propagation) or changing the span starts the SDK span on the spot.
+    """
+
+    __slots__ = ("_event", "_links", "_real", "_spans", "_start", "end_time")
+
+    def __init__(self, spans: EventSpans, event: ESLEvent, links: tuple[Link, ...],
+                 start_time: int) -> None:
+        self._spans = spans
+        self._event: ESLEvent | None = event
+        self._links = links
+        self._start = start_time
+        self._real: Span | None = None
+        # Set by the engine once the event's sync handlers have returned.
+        self.end_time: int | None = None
+
+    def _span(self) -> Span:
+        real = self._real
+        if real is None:
+            with _LOCK:
+                real = self._real
+                if real is None:
+                    event = self._event
+                    assert event is not None
+                    real = self._real = self._spans.start(event, self._links, self._start)
+                    self._event = None
+        return real
+
+    def complete(self) -> None:
+        """Start the SDK span if nothing did yet, and end it at the recorded time."""
+        real = self._span()
+        if real.is_recording():
+            real.end(self.end_time)
+
+    def get_span_context(self) -> SpanContext:
+        return self._span().get_span_context()
+
+    def is_recording(self) -> bool:
+        real = self._real
+        return True if real is None else real.is_recording()
+
+    def end(self, end_time: int | None = None) -> None:
+        self._span().end(end_time)
+
+    def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
+        self._span().set_attributes(attributes)
+
+    def set_attribute(self, key: str, value: types.AnyValue) -> None:
+        self._span().set_attribute(key, value)
+
+    def add_event(self, name: str, attributes: types.Attributes = None,
+                  timestamp: int | None = None) -> None:
+        self._span().add_event(name, attributes, timestamp)
+
+    def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
+        self._span().add_link(context, attributes)
+
+    def update_name(self, name: str) -> None:
+        self._span().update_name(name)
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        self._span().set_status(status, description)
+
+    def record_exception(self, exception: BaseException, attributes: types.Attributes = None,
+                         timestamp: int | None = None, escaped: bool = False) -> None:
+        self._span().record_exception(exception, attributes, timestamp, escaped)
+
+    def __repr__(self) -> str:
+        state = "pending" if self._real is None else repr(self._real)
+        return f"EventSpan({state})"
+
+
+class SpanBatch:
+    """One connection's completed :class:`EventSpan` objects waiting for the SDK.
+
+    Flushed when :data:`BATCH_SIZE` are pending, :data:`BATCH_DELAY` seconds after the
+    first (a timer on the connection's loop), when the connection is lost, by
+    :func:`flush`, and at interpreter exit (before the SDK's own exit hook, which was
+    registered earlier). Each SDK span gets its recorded start and end times, so
+    only export is later, by a fraction of a second.
+    """
+
+    __slots__ = ("_armed", "_pending", "links")
+
+    def __init__(self) -> None:
+        self._pending: list[EventSpan] = []
+        self._armed = False
+        # Links of this connection's event spans: to its connection span, once known.
+        self.links: tuple[Link, ...] = ()
+
+    def add(self, span: EventSpan) -> None:
+        with _LOCK:
+            pending = self._pending
+            pending.append(span)
+            size = len(pending)
+            if size == 1:
+                _Batches.waiting.add(self)
+        if size >= BATCH_SIZE:
+            self.flush()
+        elif not self._armed:
+            import asyncio
+
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()  # no loop to wait on (a dispatch outside asyncio)
+                return
+            self._armed = True
+            loop.call_later(BATCH_DELAY, self._timer)
+
+    def _timer(self) -> None:
+        self._armed = False
+        self.flush()
+
+    def flush(self) -> None:
+        """Complete every pending span (in the order their events arrived)."""
+        with _LOCK:
+            pending, self._pending = self._pending, []
+            _Batches.waiting.discard(self)
+        for span in pending:
+            try:
+                span.complete()
+            except Exception:
+                # An exporter's or processor's failure must not stop the others or
+                # reach the connection that happened to flush.
+                logger.exception("completing a process_event span failed")
+
+
+class _Batches:
+    """The batches with pending spans, for :func:`flush` and the exit hook."""
+
+    waiting: set[SpanBatch] = set()
+    exit_hook = False
+
+
+def flush() -> None:
+    """Hand every pending ``process_event`` span to the SDK now.
+
+    Call it before ``TracerProvider.force_flush()`` when every event span must be
+    exported at that point (a test, a shutdown without stopping the connections).
+    """
+    with _LOCK:
+        batches = list(_Batches.waiting)
+    for batch in batches:
+        batch.flush()
+
+
 def event_spans() -> EventSpans | None:
     """The EventSpans in force, or None when no event will be traced (cheap, per chunk)."""
     tracer_ = tracer()
@@ -281,4 +478,8 @@ def event_spans() -> EventSpans | None:
 
         flattener = _State.flattener = HeaderFlattener(_State.headers)
     spans = _State.spans = EventSpans(tracer_, ratio, flattener)
+    if not _Batches.exit_hook:
+        # Registered after the SDK provider registered its shutdown, so it runs first.
+        _Batches.exit_hook = True
+        atexit.register(flush)
     return spans

@@ -57,8 +57,9 @@ def spans_both_ways(monkeypatch: pytest.MonkeyPatch, limits: SpanLimits | None
         public(self, attributes)
 
     monkeypatch.setattr(sdk_trace._Span, "set_attributes", counted)
+    batch = tracing.SpanBatch()
     for event in corpus_events():
-        spans.dispatch(Dispatcher(), event, event.name, ())
+        spans.dispatch(Dispatcher(), event, event.name, batch)
     engine_calls = calls
     engine = list(exporter.get_finished_spans())
     exporter.clear()
@@ -121,12 +122,13 @@ def test_another_span_class_gets_set_attributes(monkeypatch: pytest.MonkeyPatch)
             received.append(dict(attributes))
 
     class Tracer:
-        def start_span(self, name: str, context: Any = None, links: Any = ()) -> trace.Span:
+        def start_span(self, name: str, context: Any = None, links: Any = (),
+                       start_time: int | None = None) -> trace.Span:
             return Recording(trace.INVALID_SPAN_CONTEXT)
 
     monkeypatch.setattr(spans, "_tracer", Tracer())
     (event,) = corpus_events()[:1]
-    spans.dispatch(Dispatcher(), event, event.name, ())
+    spans.dispatch(Dispatcher(), event, event.name, tracing.SpanBatch())
     assert received == [HeaderFlattener().flatten(event)]
 
 

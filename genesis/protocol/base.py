@@ -47,7 +47,7 @@ from genesis.protocol.parser import (
 from genesis.types import EventHandler
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Link, Span
+    from opentelemetry.trace import Span
 
 logger = logging.getLogger("genesis.protocol")
 _SPAN_UNIT = tracing.SPAN_UNIT
@@ -96,8 +96,8 @@ class Protocol(asyncio.Protocol):
         # user commands are refused then, so none can slip in ahead of ``auth``.
         self._ready = False
         self.peer: tuple[str, int] | None = None
-        # Links of this connection's process_event spans (see trace_connection).
-        self._span_links: tuple[Link, ...] = ()
+        # This connection's process_event spans waiting for the SDK (tracing.SpanBatch).
+        self._span_batch = tracing.SpanBatch()
 
     # -- public state -------------------------------------------------------------------
 
@@ -138,7 +138,7 @@ class Protocol(asyncio.Protocol):
         Called by whoever opens the connection span (Inbound, the outbound server):
         event spans are roots of their own traces, so the link is their only tie to it.
         """
-        self._span_links = tracing.connection_links(span)
+        self._span_batch.links = tracing.connection_links(span)
 
     # -- handlers -------------------------------------------------------------------------
 
@@ -220,7 +220,7 @@ class Protocol(asyncio.Protocol):
                     acc += step
                     if acc >= _SPAN_UNIT:
                         acc -= _SPAN_UNIT
-                        spans.dispatch(dispatcher, message, name, self._span_links)
+                        spans.dispatch(dispatcher, message, name, self._span_batch)
                         continue
                 dispatch(message, name)
             elif kind in (KIND_COMMAND_REPLY, KIND_API_RESPONSE):
@@ -239,6 +239,7 @@ class Protocol(asyncio.Protocol):
             spans.accumulator = acc
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._span_batch.flush()
         parser = self._parser
         partial = parser.buffered if parser is not None else 0
         self._transport = None

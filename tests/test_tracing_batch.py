@@ -1,0 +1,200 @@
+"""process_event spans handed to the SDK in batches: when, with which times, and laziness."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from genesis import tracing
+from genesis.inbound import Inbound
+from genesis.protocol.dispatch import Dispatcher
+from genesis.protocol.parser import ESLEvent, Parser
+from tests.esl_server import ESLServer, plain_frames
+
+EVENT_FRAMES = [f for f in plain_frames() if b"text/event-plain" in f.split(b"\n\n")[0]]
+
+
+@pytest.fixture
+def exporter(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
+    exp = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exp))
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    # Only a full batch, a lost connection or flush() hand spans over in these tests.
+    monkeypatch.setattr(tracing, "BATCH_DELAY", 60.0)
+    tracing.configure(event_span_ratio=1.0)
+    yield exp
+    tracing.flush()
+    tracing.configure(from_environment=True)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[ESLServer]:
+    srv = ESLServer()
+    await srv.start()
+    yield srv
+    await srv.stop()
+
+
+def event_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
+    return [s for s in exporter.get_finished_spans() if s.name == "process_event"]
+
+
+async def test_spans_wait_for_a_full_batch_and_keep_their_times(
+    exporter: InMemorySpanExporter, server: ESLServer
+) -> None:
+    ran: list[tuple[str | None, int]] = []
+
+    def handler(event: ESLEvent) -> None:
+        ran.append((event.get("Event-Sequence"), time.time_ns()))
+
+    async with Inbound("127.0.0.1", server.port, "ClueCon", timeout=2) as client:
+        client.on("*", handler)
+        await client.subscribe("ALL")
+        server.broadcast(b"".join(EVENT_FRAMES[:tracing.BATCH_SIZE - 1]))
+        await server.wait_for(lambda: len(ran) == tracing.BATCH_SIZE - 1)
+        await asyncio.sleep(0.05)
+        assert event_spans(exporter) == []  # dispatched, recorded, not yet handed over
+        server.broadcast(EVENT_FRAMES[tracing.BATCH_SIZE - 1])
+        await server.wait_for(lambda: len(ran) == tracing.BATCH_SIZE)
+        spans = event_spans(exporter)  # the batch filled: all of them, at once
+        assert len(spans) == tracing.BATCH_SIZE
+    # In event order, each span around its handler's run, with the times it really had.
+    assert [s.attributes["event.header.event_sequence"] for s in spans  # type: ignore[index]
+            ] == [sequence for sequence, _ in ran]
+    for span, (_, when) in zip(spans, ran, strict=True):
+        assert span.start_time is not None and span.end_time is not None
+        assert span.start_time <= when <= span.end_time
+
+
+async def test_a_lost_connection_and_flush_hand_spans_over(
+    exporter: InMemorySpanExporter, server: ESLServer
+) -> None:
+    seen: list[ESLEvent] = []
+    async with Inbound("127.0.0.1", server.port, "ClueCon", timeout=2) as client:
+        client.on("*", seen.append)
+        await client.subscribe("ALL")
+        server.broadcast(b"".join(EVENT_FRAMES[:3]))
+        await server.wait_for(lambda: len(seen) == 3)
+        assert event_spans(exporter) == []
+        tracing.flush()
+        assert len(event_spans(exporter)) == 3
+        server.broadcast(b"".join(EVENT_FRAMES[3:5]))
+        await server.wait_for(lambda: len(seen) == 5)
+        assert len(event_spans(exporter)) == 3
+    assert len(event_spans(exporter)) == 5  # stop() closed the connection: flushed
+
+
+async def test_a_quiet_connection_hands_spans_over_after_the_delay(
+    exporter: InMemorySpanExporter, server: ESLServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tracing, "BATCH_DELAY", 0.1)
+    handled: list[float] = []
+    async with Inbound("127.0.0.1", server.port, "ClueCon", timeout=2) as client:
+        client.on("*", lambda event: handled.append(time.monotonic()))
+        await client.subscribe("ALL")
+        for count in (2, 3):  # a second batch arms the timer again
+            server.broadcast(b"".join(EVENT_FRAMES[:count]))
+            await server.wait_for(lambda n=count: len(event_spans(exporter)) == n, timeout=2)
+            waited = time.monotonic() - handled[-count]
+            assert 0.08 <= waited < 1.5
+            exporter.clear()
+
+
+async def test_a_handler_that_needs_the_span_starts_it_at_once(
+    exporter: InMemorySpanExporter, server: ESLServer
+) -> None:
+    tracer = trace.get_tracer_provider().get_tracer("handler")
+    contexts: list[trace.SpanContext] = []
+
+    def plain(event: ESLEvent) -> None:
+        assert trace.get_current_span().is_recording()  # without starting the SDK span
+
+    def child(event: ESLEvent) -> None:
+        with tracer.start_as_current_span("handler_work"):
+            contexts.append(trace.get_current_span().get_span_context())
+
+    async def in_thread(event: ESLEvent) -> None:
+        def work() -> None:
+            with tracer.start_as_current_span("thread_work"):
+                pass
+
+        await asyncio.to_thread(work)
+
+    seen: list[ESLEvent] = []
+    async with Inbound("127.0.0.1", server.port, "ClueCon", timeout=2) as client:
+        client.on("*", seen.append)
+        client.on("CHANNEL_CREATE", plain)
+        client.on("CHANNEL_CREATE", child)
+        client.on("CHANNEL_ANSWER", in_thread)
+        await client.subscribe("ALL")
+        server.broadcast(b"".join(EVENT_FRAMES))
+        await server.wait_for(lambda: len(seen) == len(EVENT_FRAMES) and sum(
+            s.name == "thread_work" for s in exporter.get_finished_spans()) == 40)
+    finished = exporter.get_finished_spans()
+    events = {s.context.span_id: s for s in finished if s.name == "process_event"}
+    assert len(events) == len(EVENT_FRAMES)
+    for name in ("handler_work", "thread_work"):
+        work = [s for s in finished if s.name == name]
+        assert len(work) == 40  # the corpus has 40 of each
+        for span in work:
+            assert span.parent is not None
+            parent = events[span.parent.span_id]
+            assert parent.context.trace_id == span.context.trace_id
+            assert parent.start_time is not None and span.start_time is not None
+            assert parent.start_time <= span.start_time
+    assert len(contexts) == 40
+
+
+def test_an_event_span_starts_its_sdk_span_once(
+    exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spans = tracing.event_spans()
+    assert spans is not None
+    (event,) = Parser().feed(EVENT_FRAMES[0])
+    starts: list[Any] = []
+    start = tracing.EventSpans.start
+
+    def counted(self: tracing.EventSpans, *args: Any) -> trace.Span:
+        starts.append(args)
+        time.sleep(0.01)  # let the other threads pile up on the same span
+        return start(self, *args)
+
+    monkeypatch.setattr(tracing.EventSpans, "start", counted)
+    span = tracing.EventSpan(spans, event, (), time.time_ns())
+    assert span.is_recording() and starts == []
+    contexts = []
+    barrier = threading.Barrier(4)
+
+    def ask() -> None:
+        barrier.wait()
+        contexts.append(span.get_span_context())
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(starts) == 1 and len({c.span_id for c in contexts}) == 1
+    span.end_time = time.time_ns()
+    span.complete()
+    span.complete()  # already ended: not again
+    (finished,) = event_spans(exporter)
+    assert finished.end_time == span.end_time
+
+
+def test_no_running_loop_hands_over_at_once(exporter: InMemorySpanExporter) -> None:
+    spans = tracing.event_spans()
+    assert spans is not None
+    (event,) = Parser().feed(EVENT_FRAMES[0])
+    spans.dispatch(Dispatcher(), event, event.name, tracing.SpanBatch())
+    assert len(event_spans(exporter)) == 1
