@@ -262,31 +262,30 @@ class EventSpans:
                                        start_time=start_time)
         if span.is_recording():
             try:
-                attributes = self._flattener.flatten(event)
+                self._record(span, event)
             except ProtocolError as exc:
                 span.set_status(Status(StatusCode.ERROR, f"malformed event: {exc}"))
-            else:
-                self._record(span, attributes)
         return span
 
-    def _record(self, span: Span, attributes: dict[str, str | tuple[str, ...]]) -> None:
-        """Store the attributes the way the SDK's ``set_attributes`` would, minus its checks.
+    def _record(self, span: Span, event: ESLEvent) -> None:
+        """Store the event's attributes as the SDK's ``set_attributes`` would, minus its checks.
 
         The flattener's values are already what the SDK would store (``str`` or a tuple
-        of ``str``). Another span class, a length limit (values would be truncated) or
-        a count limit the attributes do not fit in (old ones would be dropped) is left
-        to ``set_attributes``.
+        of ``str``), so for the SDK's own span, with no value length limit and room for
+        the flattener's cap, it fills the span's empty attribute table itself. Another
+        span class, a length limit (values would be truncated) or a smaller count limit
+        (the SDK decides what to drop) goes through ``set_attributes``.
         """
+        flattener = self._flattener
         bounded: Any = None
         if type(span) is self._span_class:
             bounded = getattr(span, "_attributes", None)
         if (bounded is None or type(bounded) is not self._bounded
-                or bounded.max_value_len is not None
-                or (bounded.maxlen is not None
-                    and len(bounded._dict) + len(attributes) > bounded.maxlen)):
-            span.set_attributes(attributes)
+                or bounded.max_value_len is not None or bounded._dict
+                or (bounded.maxlen is not None and flattener.max_attributes > bounded.maxlen)):
+            span.set_attributes(flattener.flatten(event))
             return
-        bounded._dict.update(attributes)
+        flattener.flatten(event, bounded._dict)
 
 
 def _direct_storage() -> tuple[Any, Any]:
