@@ -187,7 +187,7 @@ class EventSpans:
 
     ``accumulator`` and ``step`` are public because the engine runs the ratio decision
     inline (``accumulator += step``; an event is traced when it reaches
-    :data:`SPAN_UNIT`); :meth:`take` is the same decision as a call.
+    :data:`SPAN_UNIT`, which is then taken off).
     """
 
     __slots__ = ("_attach", "_bounded", "_detach", "_flattener", "_in_context", "_root",
@@ -217,15 +217,6 @@ class EventSpans:
         """Undo :meth:`enter`."""
         dispatcher.trace_context = None
         self._detach(token)
-
-    def take(self) -> bool:
-        """True for the events that get a span: evenly spaced, ``ratio`` of them."""
-        acc = self.accumulator + self.step
-        if acc >= SPAN_UNIT:
-            self.accumulator = acc - SPAN_UNIT
-            return True
-        self.accumulator = acc
-        return False
 
     def dispatch(
         self, dispatcher: Dispatcher, event: ESLEvent, name: str | None, batch: SpanBatch,

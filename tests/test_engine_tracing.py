@@ -22,8 +22,12 @@ from tests.esl_server import ESLServer, FakeCall, plain_frames
 PASSWORD = "S3cret-Pa55"
 
 
+def plain_frames_events() -> list[bytes]:
+    return [f for f in plain_frames() if b"text/event-plain" in f.split(b"\n\n")[0]]
+
+
 def events_block() -> bytes:
-    return b"".join(f for f in plain_frames() if b"text/event-plain" in f.split(b"\n\n")[0])
+    return b"".join(plain_frames_events())
 
 
 @pytest.fixture
@@ -112,9 +116,17 @@ async def test_ratio_zero_and_environment(
     assert tracing.event_spans() is None
     monkeypatch.setenv("GENESIS_EVENT_SPAN_RATIO", "0.5")
     tracing.configure(from_environment=True)
-    spans = tracing.event_spans()
-    assert spans is not None
-    assert [spans.take() for _ in range(4)].count(True) == 2
+    seen: list[str] = []
+    async with Inbound("127.0.0.1", server.port, PASSWORD, timeout=2) as client:
+        client.on("*", lambda ev: seen.append(ev.name or ""))
+        await client.subscribe("ALL")
+        server.broadcast(b"".join(plain_frames_events()[:40]))
+        await server.wait_for(lambda: len(seen) == 40)
+    events = [s for s in exporter.get_finished_spans() if s.name == "process_event"]
+    assert len(events) == 20
+    # The allowlist came from the environment too (Unique-ID is event.uuid, not a header).
+    assert {k for s in events for k in attrs(s) if k.startswith("event.header.")} <= {
+        "event.header.channel_state"}
 
 
 async def test_unsampled_spans_build_no_attributes(
