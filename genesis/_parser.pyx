@@ -511,6 +511,43 @@ cdef inline object _line_value(const char* base, uint32_t* s, bint urlenc):
     return _split_value(_value_str(base + s[2], n) if urlenc else _decode_bytes(base + s[2], n))
 
 
+cdef uint32_t _begin_name_pass() noexcept:
+    """A new pass number for the repeat marks in ``_name_seen``."""
+    global _name_pass
+    _name_pass += 1
+    if _name_pass == 0:
+        # Wrapped after 2**32 passes: stale marks could pass for this pass.
+        memset(_name_seen, 0, sizeof(_name_seen))
+        _name_pass = 1
+    return _name_pass
+
+
+cdef inline void _hash_ahead(const char* base, uint32_t* s, Py_ssize_t j, uint64_t* name_h,
+                             uint64_t* value_h, bint values) noexcept nogil:
+    """Hash line ``j`` (at ``s``) into the rings and prefetch its cache slots.
+
+    A pass over an event's lines runs this ``_AHEAD`` lines before it decodes a
+    line: the two cache lookups of a line mostly wait on memory, and the lines of
+    one event are independent, so the waits overlap. ``values``: hash and prefetch
+    the value too (only URL-encoded values go through the value cache).
+    """
+    cdef Py_ssize_t vn = s[3] & _LEN_MASK
+    name_h[j % _RING] = _hash_name(base + s[0], s[1])
+    __builtin_prefetch(&_name_cache[name_h[j % _RING] & (_NAME_CACHE_SIZE - 1)])
+    if values and vn <= _VALUE_CACHE_MAX_LEN:
+        value_h[j % _RING] = _hash_name(base + s[2], vn)
+        __builtin_prefetch(&_value_cache[value_h[j % _RING] & (_VALUE_CACHE_SIZE - 1)])
+
+
+cdef inline object _value_ahead(const char* base, uint32_t* s, bint urlenc, bint hashed,
+                                uint64_t h):
+    """``_line_value`` of line ``s``, reusing the hash ``_hash_ahead`` took when ``hashed``."""
+    cdef uint32_t n = s[3] & _LEN_MASK
+    if hashed and n <= _VALUE_CACHE_MAX_LEN:
+        return _split_value(_value_hashed(base + s[2], n, h))
+    return _line_value(base, s, urlenc)
+
+
 cdef inline object _split_value(str v):
     # Only a value starting with 'A' once decoded can be ARRAY:: (%41 decodes to it).
     if PyUnicode_GET_LENGTH(v) >= 7 and PyUnicode_READ_CHAR(v, 0) == 65:
@@ -844,26 +881,18 @@ cdef class ESLEvent:
         Repeats are told apart by name cache slot, so a name too long or odd
         for the cache leaves the message to ``_materialize``.
         """
-        global _name_pass
         cdef const char* base = PyBytes_AS_STRING(self._raw)
         cdef uint32_t* s
-        cdef Py_ssize_t i, j, slot, vn, cell, n
+        cdef Py_ssize_t i, j, slot, cell, n
         cdef PyObject** cells
         cdef bint urlenc = self._urlenc
-        # Hashes of the lines ahead, whose cache slots are being prefetched: the
-        # two cache lookups of a line are mostly waiting on memory, and the lines
-        # of one event are independent, so the waits can overlap.
+        # Hashes of the lines ahead, whose cache slots are being prefetched (_hash_ahead).
         cdef uint64_t name_h[_RING]
         cdef uint64_t value_h[_RING]
         cdef uint32_t this_pass
         self._need_lines()
         n = self._nlines
-        _name_pass += 1
-        if _name_pass == 0:
-            # Wrapped after 2**32 passes: stale marks could pass for this pass.
-            memset(_name_seen, 0, sizeof(_name_seen))
-            _name_pass = 1
-        this_pass = _name_pass
+        this_pass = _begin_name_pass()
         cells = <PyObject**>PyMem_Malloc((2 * n or 1) * sizeof(PyObject*))
         if cells == NULL:
             raise MemoryError()
@@ -875,13 +904,7 @@ cdef class ESLEvent:
         for i in range(-_AHEAD, n):
             j = i + _AHEAD
             if j < n:
-                s = self._lines + j * _SLOT
-                name_h[j % _RING] = _hash_name(base + s[0], s[1])
-                __builtin_prefetch(&_name_cache[name_h[j % _RING] & (_NAME_CACHE_SIZE - 1)])
-                vn = s[3] & _LEN_MASK
-                if urlenc and vn <= _VALUE_CACHE_MAX_LEN:
-                    value_h[j % _RING] = _hash_name(base + s[2], vn)
-                    __builtin_prefetch(&_value_cache[value_h[j % _RING] & (_VALUE_CACHE_SIZE - 1)])
+                _hash_ahead(base, self._lines + j * _SLOT, j, name_h, value_h, urlenc)
             if i < 0:
                 continue
             s = self._lines + i * _SLOT
@@ -889,13 +912,7 @@ cdef class ESLEvent:
             if slot < 0:
                 self._drop_cells()
                 return False
-            vn = s[3] & _LEN_MASK
-            if not urlenc:
-                value = _split_value(_decode_bytes(base + s[2], vn))
-            elif vn <= _VALUE_CACHE_MAX_LEN:
-                value = _split_value(_value_hashed(base + s[2], vn, value_h[i % _RING]))
-            else:
-                value = _split_value(_url_decode(base + s[2], vn))
+            value = _value_ahead(base, s, urlenc, urlenc, value_h[i % _RING])
             s[3] |= _SEEN
             if _name_pass != this_pass:
                 # An allocation above ran the GC, and a finalizer listed another
@@ -2092,10 +2109,9 @@ cdef class HeaderFlattener:
         two distinct names flattening to one key, or a name the cache refuses.
         Like ``ESLEvent._list``, the cache slots of the lines ahead are prefetched.
         """
-        global _name_pass
         cdef const char* base
         cdef uint32_t* s
-        cdef Py_ssize_t i, j, n, slot, vn, size, mark = len(attrs)
+        cdef Py_ssize_t i, j, n, slot, size, mark = len(attrs)
         cdef PyObject* key
         cdef PyObject* old
         cdef uint32_t this_pass
@@ -2108,21 +2124,11 @@ cdef class HeaderFlattener:
         event._need_lines()
         base = PyBytes_AS_STRING(event._raw)
         n = event._nlines
-        _name_pass += 1
-        if _name_pass == 0:
-            memset(_name_seen, 0, sizeof(_name_seen))
-            _name_pass = 1
-        this_pass = _name_pass
+        this_pass = _begin_name_pass()
         for i in range(-_AHEAD, n):
             j = i + _AHEAD
             if j < n:
-                s = event._lines + j * _SLOT
-                name_h[j % _RING] = _hash_name(base + s[0], s[1])
-                __builtin_prefetch(&_name_cache[name_h[j % _RING] & (_NAME_CACHE_SIZE - 1)])
-                vn = s[3] & _LEN_MASK
-                if values_ahead and vn <= _VALUE_CACHE_MAX_LEN:
-                    value_h[j % _RING] = _hash_name(base + s[2], vn)
-                    __builtin_prefetch(&_value_cache[value_h[j % _RING] & (_VALUE_CACHE_SIZE - 1)])
+                _hash_ahead(base, event._lines + j * _SLOT, j, name_h, value_h, values_ahead)
             if i < 0:
                 continue
             s = event._lines + i * _SLOT
@@ -2138,12 +2144,8 @@ cdef class HeaderFlattener:
                 old = PyDict_GetItem(attrs, <object>key)
                 if old == NULL:
                     continue
-            vn = s[3] & _LEN_MASK
-            if values_ahead and vn <= _VALUE_CACHE_MAX_LEN:
-                value = _split_value(_value_hashed(base + s[2], vn, value_h[i % _RING]))
-            else:
-                value = _line_value(base, s, urlenc)
-            value = _attribute(value)
+            value = _attribute(
+                _value_ahead(base, s, urlenc, values_ahead, value_h[i % _RING]))
             event._count_line(s)
             # One probe inserts a new key or finds the entry a repeat merges into.
             size = len(attrs)
