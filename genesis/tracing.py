@@ -97,7 +97,10 @@ _LOCK = threading.Lock()
 
 
 class _State:
-    """Module state: knobs, the tracer cached per provider, the current EventSpans."""
+    """Module state: knobs, the tracer cached per provider, the current EventSpans.
+
+    Also the span batches waiting for the SDK, for :func:`flush` and the exit hook.
+    """
 
     ratio: float | None = None
     headers: tuple[str, ...] | None = None
@@ -105,6 +108,8 @@ class _State:
     tracer: Tracer | None = None
     flattener: HeaderFlattener | None = None
     spans: EventSpans | None = None
+    waiting: set[SpanBatch] = set()
+    exit_hook = False
 
 
 def _parse_ratio(text: str | None) -> float:
@@ -400,7 +405,7 @@ class SpanBatch:
             pending.append(span)
             size = len(pending)
             if size == 1:
-                _Batches.waiting.add(self)
+                _State.waiting.add(self)
         if size >= BATCH_SIZE:
             self.flush()
         elif not self._armed:
@@ -422,7 +427,7 @@ class SpanBatch:
         """Complete every pending span (in the order their events arrived)."""
         with _LOCK:
             pending, self._pending = self._pending, []
-            _Batches.waiting.discard(self)
+            _State.waiting.discard(self)
         for span in pending:
             try:
                 span.complete()
@@ -432,13 +437,6 @@ class SpanBatch:
                 logger.exception("completing a process_event span failed")
 
 
-class _Batches:
-    """The batches with pending spans, for :func:`flush` and the exit hook."""
-
-    waiting: set[SpanBatch] = set()
-    exit_hook = False
-
-
 def flush() -> None:
     """Hand every pending ``process_event`` span to the SDK now.
 
@@ -446,7 +444,7 @@ def flush() -> None:
     exported at that point (a test, a shutdown without stopping the connections).
     """
     with _LOCK:
-        batches = list(_Batches.waiting)
+        batches = list(_State.waiting)
     for batch in batches:
         batch.flush()
 
@@ -468,8 +466,8 @@ def event_spans() -> EventSpans | None:
 
         flattener = _State.flattener = HeaderFlattener(_State.headers)
     spans = _State.spans = EventSpans(tracer_, ratio, flattener)
-    if not _Batches.exit_hook:
+    if not _State.exit_hook:
         # Registered after the SDK provider registered its shutdown, so it runs first.
-        _Batches.exit_hook = True
+        _State.exit_hook = True
         atexit.register(flush)
     return spans
