@@ -57,16 +57,14 @@ to the SDK at once (before ``force_flush()`` in a test or at a custom shutdown).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
 import sys
 import threading
-from collections.abc import Mapping
 from time import time_ns
 from typing import TYPE_CHECKING, Any
-
-from opentelemetry.trace import Span, Status, StatusCode
 
 from genesis.exceptions import ProtocolError
 
@@ -74,9 +72,9 @@ if TYPE_CHECKING:
     from contextvars import Token
 
     from opentelemetry.context import Context
-    from opentelemetry.trace import Link, SpanContext, Tracer
-    from opentelemetry.util import types
+    from opentelemetry.trace import Link, Span, Tracer
 
+    from genesis._event_span import EventSpan
     from genesis.protocol.dispatch import Dispatcher
     from genesis.protocol.parser import ESLEvent, HeaderFlattener
 
@@ -93,7 +91,7 @@ BATCH_SIZE = 32
 BATCH_DELAY = 0.2
 # Guards span materialization and batch hand-over: a span's context can reach another
 # thread (asyncio.to_thread copies it), and flush() may be called from any thread.
-_LOCK = threading.Lock()
+LOCK = threading.Lock()
 
 
 class _State:
@@ -195,12 +193,16 @@ class EventSpans:
     :data:`SPAN_UNIT`, which is then taken off).
     """
 
-    __slots__ = ("_attach", "_bounded", "_detach", "_flattener", "_in_context", "_root",
-                 "_span_class", "_tracer", "accumulator", "step")
+    __slots__ = ("_attach", "_bounded", "_detach", "_event_span", "_flattener", "_in_context",
+                 "_root", "_span_class", "_tracer", "accumulator", "step")
 
     def __init__(self, tracer_: Tracer, ratio: float, flattener: HeaderFlattener) -> None:
+        # OpenTelemetry is imported here, once an SDK is installed, not with Genesis.
         from opentelemetry import context, trace
 
+        from genesis._event_span import EventSpan
+
+        self._event_span = EventSpan
         self._tracer = tracer_
         self._flattener = flattener
         self.step = round(ratio * SPAN_UNIT)
@@ -233,7 +235,7 @@ class EventSpans:
         handlers return. Handler errors never reach here (the dispatcher logs them).
         Called between :meth:`enter` and :meth:`leave`.
         """
-        span = EventSpan(self, event, batch.links, time_ns())
+        span = self._event_span(self, event, batch.links, time_ns())
         root = self._root
         context = self._in_context(span, root)
         token = self._attach(context)
@@ -260,6 +262,8 @@ class EventSpans:
             try:
                 self._record(span, event)
             except ProtocolError as exc:
+                from opentelemetry.trace import Status, StatusCode
+
                 span.set_status(Status(StatusCode.ERROR, f"malformed event: {exc}"))
         return span
 
@@ -301,86 +305,6 @@ def _direct_storage() -> tuple[Any, Any]:
     return span_class, BoundedAttributes
 
 
-class EventSpan(Span):
-    """A ``process_event`` span whose SDK span is started only when it is needed.
-
-    Starting an SDK span costs tens of microseconds of Python, several times that when
-    it runs between thousands of parsed events that have pushed its code out of the
-    CPU caches. So the engine records the start and end times and queues the span on
-    its connection's :class:`SpanBatch`, which starts and ends the SDK spans together,
-    with those exact times. Anything that needs the real span sooner gets it at once:
-    asking for the span context (a handler opening a child span, a command sent from a
-    handler, context propagation) or changing the span starts the SDK span on the spot.
-    """
-
-    __slots__ = ("_event", "_links", "_real", "_spans", "_start", "end_time")
-
-    def __init__(self, spans: EventSpans, event: ESLEvent, links: tuple[Link, ...],
-                 start_time: int) -> None:
-        self._spans = spans
-        self._event: ESLEvent | None = event
-        self._links = links
-        self._start = start_time
-        self._real: Span | None = None
-        # Set by the engine once the event's sync handlers have returned.
-        self.end_time: int | None = None
-
-    def _span(self) -> Span:
-        real = self._real
-        if real is None:
-            with _LOCK:
-                real = self._real
-                if real is None:
-                    event = self._event
-                    assert event is not None
-                    real = self._real = self._spans.start(event, self._links, self._start)
-                    self._event = None
-        return real
-
-    def complete(self) -> None:
-        """Start the SDK span if nothing did yet, and end it at the recorded time."""
-        real = self._span()
-        if real.is_recording():
-            real.end(self.end_time)
-
-    def get_span_context(self) -> SpanContext:
-        return self._span().get_span_context()
-
-    def is_recording(self) -> bool:
-        real = self._real
-        return True if real is None else real.is_recording()
-
-    def end(self, end_time: int | None = None) -> None:
-        self._span().end(end_time)
-
-    def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
-        self._span().set_attributes(attributes)
-
-    def set_attribute(self, key: str, value: types.AnyValue) -> None:
-        self._span().set_attribute(key, value)
-
-    def add_event(self, name: str, attributes: types.Attributes = None,
-                  timestamp: int | None = None) -> None:
-        self._span().add_event(name, attributes, timestamp)
-
-    def add_link(self, context: SpanContext, attributes: types.Attributes = None) -> None:
-        self._span().add_link(context, attributes)
-
-    def update_name(self, name: str) -> None:
-        self._span().update_name(name)
-
-    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
-        self._span().set_status(status, description)
-
-    def record_exception(self, exception: BaseException, attributes: types.Attributes = None,
-                         timestamp: int | None = None, escaped: bool = False) -> None:
-        self._span().record_exception(exception, attributes, timestamp, escaped)
-
-    def __repr__(self) -> str:
-        state = "pending" if self._real is None else repr(self._real)
-        return f"EventSpan({state})"
-
-
 class SpanBatch:
     """One connection's completed :class:`EventSpan` objects waiting for the SDK.
 
@@ -400,7 +324,7 @@ class SpanBatch:
         self.links: tuple[Link, ...] = ()
 
     def add(self, span: EventSpan) -> None:
-        with _LOCK:
+        with LOCK:
             pending = self._pending
             pending.append(span)
             size = len(pending)
@@ -409,8 +333,6 @@ class SpanBatch:
         if size >= BATCH_SIZE:
             self.flush()
         elif not self._armed:
-            import asyncio
-
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
@@ -425,7 +347,7 @@ class SpanBatch:
 
     def flush(self) -> None:
         """Complete every pending span (in the order their events arrived)."""
-        with _LOCK:
+        with LOCK:
             pending, self._pending = self._pending, []
             _State.waiting.discard(self)
         for span in pending:
@@ -443,7 +365,7 @@ def flush() -> None:
     Call it before ``TracerProvider.force_flush()`` when every event span must be
     exported at that point (a test, a shutdown without stopping the connections).
     """
-    with _LOCK:
+    with LOCK:
         batches = list(_State.waiting)
     for batch in batches:
         batch.flush()

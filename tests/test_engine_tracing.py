@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -156,6 +158,15 @@ async def test_unsampled_spans_build_no_attributes(
         tracing.configure(from_environment=True)
     assert flattened == []
     assert exp.get_finished_spans() == ()
+
+
+def test_importing_the_engine_does_not_import_opentelemetry() -> None:
+    # Tracing costs nothing until an SDK is installed, start-up included.
+    code = ("import sys, genesis.inbound, genesis.consumer, genesis.outbound; "
+            "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
 
 
 def test_no_sdk_provider_means_no_tracer(monkeypatch: pytest.MonkeyPatch) -> None:

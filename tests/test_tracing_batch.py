@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from genesis import tracing
+from genesis._event_span import EventSpan
 from genesis.inbound import Inbound
 from genesis.protocol.dispatch import Dispatcher
 from genesis.protocol.parser import ESLEvent, Parser
@@ -170,7 +171,7 @@ def test_an_event_span_starts_its_sdk_span_once(
         return start(self, *args)
 
     monkeypatch.setattr(tracing.EventSpans, "start", counted)
-    span = tracing.EventSpan(spans, event, (), time.time_ns())
+    span = EventSpan(spans, event, (), time.time_ns())
     assert span.is_recording() and starts == []
     contexts = []
     barrier = threading.Barrier(4)
