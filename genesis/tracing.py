@@ -8,10 +8,11 @@ costs more than parsing the event. So the decision is made before OpenTelemetry 
    This costs one dictionary lookup per received chunk, not per event.
 2. Otherwise the global tracer provider is checked (cached per provider object): the API's
    proxy or no-op provider means "not configured".
-3. Per event, an integer accumulator against the event span ratio picks which events get a
+3. An integer accumulator against the event span ratio picks which events get a
    ``process_event`` span (a ratio of 0.01 traces exactly one event in a hundred, evenly
-   spaced, without calling a random generator). The engine runs it inline in its dispatch
-   loop; untraced events pay two integer operations.
+   spaced, without calling a random generator). It runs once per traced event and yields
+   the number of events to let through before the next one: the engine's dispatch loop
+   counts that gap down, so an untraced event pays one small-integer decrement.
 4. A traced event gets an :class:`EventSpan`: the engine notes its start and end times
    around the event's sync handlers, and the SDK span is started later, in a batch with
    the connection's other event spans (:class:`SpanBatch`), with those exact times. An
@@ -63,14 +64,13 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from time import time_ns
 from typing import TYPE_CHECKING, Any
 
 from genesis.exceptions import ProtocolError
 
 if TYPE_CHECKING:
-    from contextvars import Token
-
     from opentelemetry.context import Context
     from opentelemetry.trace import Link, Span, Tracer
 
@@ -100,6 +100,9 @@ class _State:
     Also the span batches waiting for the SDK, for :func:`flush` and the exit hook.
     """
 
+    # opentelemetry.trace once the SDK was seen: an import statement per received chunk
+    # would run importlib's Python-level ``from`` handling every time.
+    trace_api: Any = None
     ratio: float | None = None
     headers: tuple[str, ...] | None = None
     provider: object = None
@@ -157,8 +160,11 @@ def tracer() -> Tracer | None:
     """The Genesis tracer if an SDK tracer provider is installed, else None (cheap)."""
     if _SDK_MODULE not in sys.modules:
         return None
-    from opentelemetry import trace
+    trace = _State.trace_api
+    if trace is None:
+        from opentelemetry import trace
 
+        _State.trace_api = trace
     provider = trace.get_tracer_provider()
     if provider is _State.provider:
         return _State.tracer
@@ -188,42 +194,68 @@ def connection_links(span: Span) -> tuple[Link, ...]:
 class EventSpans:
     """The ``process_event`` policy of one tracer and configuration, reused by every chunk.
 
-    ``accumulator`` and ``step`` are public because the engine runs the ratio decision
-    inline (``accumulator += step``; an event is traced when it reaches
-    :data:`SPAN_UNIT`, which is then taken off).
+    ``gap`` is public because the engine counts it down inline: it is the number of
+    events still to dispatch untraced before the next traced one, and
+    :meth:`next_gap` gives the following gap when that one arrives.
     """
 
-    __slots__ = ("_attach", "_bounded", "_detach", "_event_span", "_flattener", "_in_context",
-                 "_root", "_span_class", "_tracer", "accumulator", "step")
+    __slots__ = (
+        "_bounded",
+        "_context",
+        "_event_span",
+        "_flattener",
+        "_reset",
+        "_root",
+        "_set",
+        "_span_class",
+        "_span_key",
+        "_step",
+        "_tracer",
+        "accumulator",
+        "gap",
+    )
 
     def __init__(self, tracer_: Tracer, ratio: float, flattener: HeaderFlattener) -> None:
         # OpenTelemetry is imported here, once an SDK is installed, not with Genesis.
-        from opentelemetry import context, trace
+        from opentelemetry import context
+        from opentelemetry.trace.propagation import _SPAN_KEY
 
         from genesis._event_span import EventSpan
 
         self._event_span = EventSpan
         self._tracer = tracer_
         self._flattener = flattener
-        self.step = round(ratio * SPAN_UNIT)
+        self._step = max(1, round(ratio * SPAN_UNIT))
         self.accumulator = 0
-        self._attach = context.attach
-        self._detach = context.detach
-        self._in_context = trace.set_span_in_context
+        self.gap = self.next_gap()
+        self._context = context.Context
+        self._span_key = _SPAN_KEY
+        self._set, self._reset = _context_switch()
         # No current span: the parent of every process_event span, and the context
         # untraced events are dispatched in.
         self._root: Context = context.Context()
         self._span_class, self._bounded = _direct_storage()
 
-    def enter(self, dispatcher: Dispatcher) -> Token[Context]:
+    def next_gap(self) -> int:
+        """Untraced events between the event being traced now and the next traced one.
+
+        The accumulator gains the ratio (in :data:`SPAN_UNIT` parts) per event and an
+        event is traced when it reaches a whole unit, which is then taken off: this
+        advances it to the next such event at once.
+        """
+        steps = -(-(SPAN_UNIT - self.accumulator) // self._step)
+        self.accumulator += steps * self._step - SPAN_UNIT
+        return steps - 1
+
+    def enter(self, dispatcher: Dispatcher) -> object:
         """Make the empty context current for a chunk's dispatch; returns the token."""
         dispatcher.trace_context = self._root
-        return self._attach(self._root)
+        return self._set(self._root)
 
-    def leave(self, dispatcher: Dispatcher, token: Token[Context]) -> None:
+    def leave(self, dispatcher: Dispatcher, token: object) -> None:
         """Undo :meth:`enter`."""
         dispatcher.trace_context = None
-        self._detach(token)
+        self._reset(token)
 
     def dispatch(
         self, dispatcher: Dispatcher, event: ESLEvent, name: str | None, batch: SpanBatch,
@@ -233,18 +265,19 @@ class EventSpans:
         The span is current while the sync handlers run, so spans they open are its
         children, and the dispatcher queues its context with the coroutines async
         handlers return. Handler errors never reach here (the dispatcher logs them).
-        Called between :meth:`enter` and :meth:`leave`.
+        Called between :meth:`enter` and :meth:`leave`, where the current context is the
+        empty root: the span's context is built directly, as ``set_span_in_context``
+        would build it from the root.
         """
         span = self._event_span(self, event, batch.links, time_ns())
-        root = self._root
-        context = self._in_context(span, root)
-        token = self._attach(context)
+        context = self._context({self._span_key: span})
+        token = self._set(context)
         dispatcher.trace_context = context
         try:
             dispatcher.dispatch(event, name)
         finally:
-            dispatcher.trace_context = root
-            self._detach(token)
+            dispatcher.trace_context = self._root
+            self._reset(token)
             span.end_time = time_ns()
             batch.add(span)
 
@@ -286,6 +319,26 @@ class EventSpans:
             span.set_attributes(flattener.flatten(event))
             return
         flattener.flatten(event, bounded._dict)
+
+
+def _context_switch() -> tuple[Callable[[Context], object], Callable[[Any], None]]:
+    """How a dispatch makes a context current and restores the previous one.
+
+    OpenTelemetry's ``attach``/``detach`` are two Python calls deep each; with its default
+    runtime context they end in one ContextVar's ``set`` and ``reset``, which are used
+    directly. A runtime context configured through ``OTEL_PYTHON_CONTEXT`` keeps the
+    public functions.
+    """
+    from contextvars import ContextVar
+
+    from opentelemetry import context
+    from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+
+    runtime = getattr(context, "_RUNTIME_CONTEXT", None)
+    var = getattr(runtime, "_current_context", None)
+    if type(runtime) is ContextVarsRuntimeContext and isinstance(var, ContextVar):
+        return var.set, var.reset
+    return context.attach, context.detach
 
 
 def _direct_storage() -> tuple[Any, Any]:

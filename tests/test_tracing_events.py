@@ -194,3 +194,25 @@ async def test_ratio_is_exact_across_chunks_and_connections(
             await server.wait_for(reached(start + 500))
     traced = [s for s in exporter.get_finished_spans() if s.name == "process_event"]
     assert len(traced) == 300  # 0.3 of 1000, the count carried over chunks and connections
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.5, 0.3, 0.01, 0.0007])
+def test_gaps_pick_the_events_the_ratio_accumulator_picks(
+        monkeypatch: pytest.MonkeyPatch, ratio: float) -> None:
+    # The engine counts gaps down instead of adding the ratio per event: the events it
+    # traces must be exactly those where a per-event accumulator reaches a whole unit.
+    install(monkeypatch)
+    tracing.configure(event_span_ratio=ratio)
+    spans = tracing.event_spans()
+    assert spans is not None
+    unit = tracing.SPAN_UNIT
+    step = round(ratio * unit)
+    picked = []
+    gap = spans.gap
+    for i in range(30_000):
+        if gap:
+            gap -= 1
+        else:
+            picked.append(i)
+            gap = spans.next_gap()
+    assert picked == [i for i in range(30_000) if (i + 1) * step // unit > i * step // unit]

@@ -50,7 +50,6 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
 logger = logging.getLogger("genesis.protocol")
-_SPAN_UNIT = tracing.SPAN_UNIT
 
 _INTERNAL = frozenset(
     {"BACKGROUND_JOB", "CHANNEL_EXECUTE_COMPLETE", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE"}
@@ -205,11 +204,10 @@ class Protocol(asyncio.Protocol):
     def _handle_in(self, messages: list[ESLEvent], spans: tracing.EventSpans | None) -> None:
         dispatcher = self._dispatcher
         dispatch = dispatcher.dispatch
-        # The span ratio decision, inline: an untraced event costs an add and a compare.
-        acc = step = 0
+        # The span ratio decision, inline: an untraced event counts the gap down.
+        gap = 0
         if spans is not None:
-            acc = spans.accumulator
-            step = spans.step
+            gap = spans.gap
         for message in messages:
             kind = message.kind
             if kind == KIND_EVENT:
@@ -217,9 +215,10 @@ class Protocol(asyncio.Protocol):
                 if name in _INTERNAL:
                     self._internal_event(message, name)
                 if spans is not None:
-                    acc += step
-                    if acc >= _SPAN_UNIT:
-                        acc -= _SPAN_UNIT
+                    if gap:
+                        gap -= 1
+                    else:
+                        gap = spans.next_gap()
                         spans.dispatch(dispatcher, message, name, self._span_batch)
                         continue
                 dispatch(message, name)
@@ -236,7 +235,7 @@ class Protocol(asyncio.Protocol):
             elif logger.isEnabledFor(logging.WARNING):
                 logger.warning("ignored a frame of unknown type %r", message.content_type)
         if spans is not None:
-            spans.accumulator = acc
+            spans.gap = gap
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._span_batch.flush()
