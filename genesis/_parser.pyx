@@ -342,8 +342,21 @@ cdef str _name_hashed(const char* p, Py_ssize_t n, uint64_t h, Py_ssize_t* slot_
     return _decode_bytes(p, n)
 
 
-cdef Py_ssize_t _name_slot(const char* p, Py_ssize_t n, uint64_t h) except -2:
+cdef inline Py_ssize_t _name_slot(const char* p, Py_ssize_t n, uint64_t h) except -2:
     """The name cache slot holding the name at ``p`` (filled if need be), or -1.
+
+    The common case, a short name found at its first probe, is answered inline: a
+    pass over an event asks once per line, and the call cost as much as the check.
+    """
+    cdef Py_ssize_t slot = <Py_ssize_t>(h & (_NAME_CACHE_SIZE - 1))
+    cdef _NameSlot* e = &_name_cache[slot]
+    if e.hash == h and e.length == n and n <= _NAME_INLINE and _same(e.raw, p, n):
+        return slot
+    return _name_probe(p, n, h)
+
+
+cdef Py_ssize_t _name_probe(const char* p, Py_ssize_t n, uint64_t h) except -2:
+    """``_name_slot`` the long way: every probe, and filling a free slot.
 
     -1 means the name is not cached: too long, not valid UTF-8, or its probe
     sequence is full. The caller reads the str from the slot itself, so a hit
@@ -457,7 +470,7 @@ cdef inline str _value_str(const char* p, Py_ssize_t n):
     return _value_hashed(p, n, _hash_name(p, n))
 
 
-cdef str _value_hashed(const char* p, Py_ssize_t n, uint64_t h):
+cdef inline str _value_hashed(const char* p, Py_ssize_t n, uint64_t h):
     """``_value_str`` with the value's ``_hash_name`` already computed.
 
     Almost every value repeats from event to event: tokens (``true``, ``8000``,
@@ -465,16 +478,22 @@ cdef str _value_hashed(const char* p, Py_ssize_t n, uint64_t h):
     cache is keyed by the bytes as they are on the wire, so a hit costs neither the
     scan for ``%`` nor an allocation. It is direct-mapped and a miss replaces the
     slot, so one-off values (timestamps, sequence numbers) cycle through it without
-    pinning memory, and a hostile peer can only make it miss.
+    pinning memory, and a hostile peer can only make it miss. A hit is answered
+    inline (a pass over an event asks once per line); a miss decodes in
+    ``_value_miss``.
     """
     cdef _ValueSlot* e
-    cdef str text
     if n > _VALUE_CACHE_MAX_LEN:
         return _url_decode(p, n)
     e = &_value_cache[h & (_VALUE_CACHE_SIZE - 1)]
     if e.hash == h and e.length == n and e.text != NULL and _same(e.raw, p, n):
         return <str>e.text
-    text = _url_decode(p, n)
+    return _value_miss(e, p, n, h)
+
+
+cdef str _value_miss(_ValueSlot* e, const char* p, Py_ssize_t n, uint64_t h):
+    """Decode a value the cache slot ``e`` does not hold, and keep it there."""
+    cdef str text = _url_decode(p, n)
     Py_INCREF(text)
     Py_XDECREF(e.text)
     e.text = <PyObject*>text
@@ -896,9 +915,9 @@ cdef class ESLEvent:
         cells = <PyObject**>PyMem_Malloc((2 * n or 1) * sizeof(PyObject*))
         if cells == NULL:
             raise MemoryError()
-        memset(cells, 0, 2 * n * sizeof(PyObject*))
-        # Owned from here on (every filled value cell holds a reference): an error
-        # or a refused name below leaves a partly filled array that _drop_cells frees.
+        # Owned from here on (every value cell below _ncells holds a reference or
+        # NULL): an error or a refused name below leaves a partly filled array that
+        # _drop_cells frees.
         self._cells = cells
         self._ncells = 0
         for i in range(-_AHEAD, n):
@@ -937,6 +956,7 @@ cdef class ESLEvent:
                 Py_INCREF(value)
                 cells[2 * cell + 1] = <PyObject*>value
             else:
+                cells[2 * cell + 1] = NULL
                 if self._arrays is None:
                     self._arrays = {}
                 self._arrays[cell] = value
@@ -1186,12 +1206,19 @@ cdef class ESLEvent:
 MutableMapping.register(ESLEvent)
 
 
+@cython.no_gc
+@cython.freelist(8)
 cdef class _Keys:
     """``keys()`` of an event whose values sit in ``_cells``: a live view, like dict_keys.
 
     Iteration and size come from the cells, so that ``dict(event)`` never
     builds the event's own dict; everything else is answered by the dict_keys of
     the materialized event, so the two behave the same.
+
+    ``dict(event)`` makes one view and one iterator per event, so both come from a
+    free list and stay out of the cyclic GC (which would count each allocation
+    toward a collection). Neither can be part of a cycle, for the reason ESLEvent
+    gives.
     """
 
     cdef ESLEvent _event
@@ -1278,6 +1305,8 @@ cdef class _Keys:
 KeysView.register(_Keys)
 
 
+@cython.no_gc
+@cython.freelist(8)
 cdef class _KeyIter:
     """Iterator of a ``_Keys`` view, read straight from the cells (no list built).
 
