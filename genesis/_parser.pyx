@@ -350,7 +350,10 @@ cdef inline Py_ssize_t _name_slot(const char* p, Py_ssize_t n, uint64_t h) excep
     """
     cdef Py_ssize_t slot = <Py_ssize_t>(h & (_NAME_CACHE_SIZE - 1))
     cdef _NameSlot* e = &_name_cache[slot]
-    if e.hash == h and e.length == n and n <= _NAME_INLINE and _same(e.raw, p, n):
+    # A free slot has hash 0 and length 0, which is also what the empty name hashes
+    # to: only a filled slot answers.
+    if (e.hash == h and e.length == n and e.text != NULL and n <= _NAME_INLINE
+            and _same(e.raw, p, n)):
         return slot
     return _name_probe(p, n, h)
 
