@@ -200,6 +200,7 @@ class EventSpans:
     """
 
     __slots__ = (
+        "_accumulator",
         "_bounded",
         "_context",
         "_event_span",
@@ -211,7 +212,6 @@ class EventSpans:
         "_span_key",
         "_step",
         "_tracer",
-        "accumulator",
         "gap",
     )
 
@@ -226,7 +226,7 @@ class EventSpans:
         self._tracer = tracer_
         self._flattener = flattener
         self._step = max(1, round(ratio * SPAN_UNIT))
-        self.accumulator = 0
+        self._accumulator = 0
         self.gap = self.next_gap()
         self._context = context.Context
         self._span_key = _SPAN_KEY
@@ -243,8 +243,8 @@ class EventSpans:
         event is traced when it reaches a whole unit, which is then taken off: this
         advances it to the next such event at once.
         """
-        steps = -(-(SPAN_UNIT - self.accumulator) // self._step)
-        self.accumulator += steps * self._step - SPAN_UNIT
+        steps = -(-(SPAN_UNIT - self._accumulator) // self._step)
+        self._accumulator += steps * self._step - SPAN_UNIT
         return steps - 1
 
     def enter(self, dispatcher: Dispatcher) -> object:
