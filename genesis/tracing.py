@@ -11,8 +11,10 @@ costs more than parsing the event. So the decision is made before OpenTelemetry 
 3. An integer accumulator against the event span ratio picks which events get a
    ``process_event`` span (a ratio of 0.01 traces exactly one event in a hundred, evenly
    spaced, without calling a random generator). It runs once per traced event and yields
-   the number of events to let through before the next one: the engine's dispatch loop
-   counts that gap down, so an untraced event pays one small-integer decrement.
+   the number of events to let through before the next one: the engine cuts each
+   received chunk where the traced event is (moving the cut past the replies and other
+   non-events before it), so an untraced event takes the same loop, at the same cost,
+   as with tracing off.
 4. A traced event gets an :class:`EventSpan`: the engine notes its start and end times
    around the event's sync handlers, and the SDK span is started later, in a batch with
    the connection's other event spans (:class:`SpanBatch`), with those exact times. An
@@ -194,8 +196,8 @@ def connection_links(span: Span) -> tuple[Link, ...]:
 class EventSpans:
     """The ``process_event`` policy of one tracer and configuration, reused by every chunk.
 
-    ``gap`` is public because the engine counts it down inline: it is the number of
-    events still to dispatch untraced before the next traced one, and
+    ``gap`` is public because the engine reads and advances it per chunk: it is the
+    number of events still to route untraced before the next traced one, and
     :meth:`next_gap` gives the following gap when that one arrives.
     """
 
@@ -305,7 +307,9 @@ class EventSpans:
 
         The flattener's values are already what the SDK would store (``str`` or a tuple
         of ``str``), so for the SDK's own span, with no value length limit and room for
-        the flattener's cap, it fills the span's empty attribute table itself. Another
+        the flattener's cap, the flattener's table (sized for the event's lines once,
+        where filling the SDK's empty one would grow it four times) replaces the span's
+        empty one, as the SDK's own ``__deepcopy__`` sets it. Another
         span class, a length limit (values would be truncated) or a smaller count limit
         (the SDK decides what to drop) goes through ``set_attributes``.
         """
@@ -318,7 +322,7 @@ class EventSpans:
                 or (bounded.maxlen is not None and flattener.max_attributes > bounded.maxlen)):
             span.set_attributes(flattener.flatten(event))
             return
-        flattener.flatten(event, bounded._dict)
+        bounded._dict = flattener.flatten(event)
 
 
 def _context_switch() -> tuple[Callable[[Context], object], Callable[[Any], None]]:

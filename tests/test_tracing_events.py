@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from genesis import tracing
 from genesis.inbound import Inbound
+from genesis.protocol.base import Protocol
 from genesis.protocol.dispatch import Dispatcher
 from genesis.protocol.parser import ESLEvent, HeaderFlattener, Parser
 from tests.esl_server import ESLServer, plain_frames
@@ -196,23 +198,60 @@ async def test_ratio_is_exact_across_chunks_and_connections(
     assert len(traced) == 300  # 0.3 of 1000, the count carried over chunks and connections
 
 
+LOG_LINE = b"Content-Type: log/data\nContent-Length: 6\n\nhello\n"
+
+
+def traced_positions(messages: list[ESLEvent], cuts: list[int]) -> list[int]:
+    """Route ``messages`` through a Protocol in chunks ending at ``cuts``; the traced ones."""
+    protocol = Protocol()
+    traced: list[int] = []
+    position = {id(m): i for i, m in enumerate(messages)}
+
+    def handler(event: ESLEvent) -> None:
+        if trace.get_current_span().is_recording():
+            traced.append(position[id(event)])
+
+    protocol.on("*", handler)
+    start = 0
+    for stop in [*cuts, len(messages)]:
+        protocol._handle(messages[start:stop])
+        start = stop
+    return traced
+
+
+@pytest.mark.parametrize("others", [0.0, 0.1, 0.6])
 @pytest.mark.parametrize("ratio", [1.0, 0.5, 0.3, 0.01, 0.0007])
-def test_gaps_pick_the_events_the_ratio_accumulator_picks(
-        monkeypatch: pytest.MonkeyPatch, ratio: float) -> None:
-    # The engine counts gaps down instead of adding the ratio per event: the events it
-    # traces must be exactly those where a per-event accumulator reaches a whole unit.
+def test_chunks_are_cut_at_the_events_the_ratio_accumulator_picks(
+        monkeypatch: pytest.MonkeyPatch, ratio: float, others: float) -> None:
+    # The engine takes the ratio once per traced event and cuts each chunk where the
+    # traced event is: whatever the chunking and however many non-events (log lines
+    # here) lie between them, the traced events must be exactly those where a
+    # per-event accumulator reaches a whole unit.
     install(monkeypatch)
     tracing.configure(event_span_ratio=ratio)
-    spans = tracing.event_spans()
-    assert spans is not None
+    rng = random.Random(f"{ratio} {others}")
+    messages: list[ESLEvent] = []
+    events: list[int] = []
+    for _ in range(8):
+        for event in Parser().feed(b"".join(EVENT_FRAMES)):
+            while rng.random() < others:
+                messages.append(Parser().feed(LOG_LINE)[0])
+            events.append(len(messages))
+            messages.append(event)
+    assert len(events) > 10_000
+    cuts = sorted(rng.sample(range(1, len(messages)), len(messages) // 40))
+    step = round(ratio * tracing.SPAN_UNIT)
     unit = tracing.SPAN_UNIT
-    step = round(ratio * unit)
-    picked = []
-    gap = spans.gap
-    for i in range(30_000):
-        if gap:
-            gap -= 1
-        else:
-            picked.append(i)
-            gap = spans.next_gap()
-    assert picked == [i for i in range(30_000) if (i + 1) * step // unit > i * step // unit]
+    expected = [at for i, at in enumerate(events) if (i + 1) * step // unit > i * step // unit]
+    assert traced_positions(messages, cuts) == expected
+
+
+def test_replies_between_events_do_not_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch)
+    tracing.configure(event_span_ratio=0.5)
+    e = corpus_events()[:6]
+    reply = Parser().feed(b"Content-Type: command/reply\nReply-Text: +OK\n\n")[0]
+    # At 0.5 the 2nd, 4th and 6th events are traced, wherever the replies fall.
+    messages = [e[0], reply, reply, e[1], reply, e[2], e[3], reply, e[4], e[5]]
+    for cuts in ([], [1], [2, 3], [4, 7], list(range(1, 10))):
+        assert traced_positions(messages, cuts) == [3, 6, 9]

@@ -193,36 +193,61 @@ class Protocol(asyncio.Protocol):
     def _handle(self, messages: list[ESLEvent]) -> None:
         spans = tracing.event_spans()
         if spans is None:
-            self._handle_in(messages, None)
+            self._route(messages)
             return
         token = spans.enter(self._dispatcher)
         try:
-            self._handle_in(messages, spans)
+            self._route_traced(messages, spans)
         finally:
             spans.leave(self._dispatcher, token)
 
-    def _handle_in(self, messages: list[ESLEvent], spans: tracing.EventSpans | None) -> None:
-        dispatcher = self._dispatcher
-        dispatch = dispatcher.dispatch
-        # The span ratio decision, inline: an untraced event counts the gap down.
-        gap = 0
-        if spans is not None:
-            gap = spans.gap
+    def _route_traced(self, messages: list[ESLEvent], spans: tracing.EventSpans) -> None:
+        """Route a chunk's messages when events are traced: the picked ones in their spans.
+
+        ``spans.gap`` counts the events still to route untraced before the next traced
+        one. The chunk is cut where that event should be if every message were an
+        event, and the run before it takes the untraced loop, so an untraced event
+        costs what it costs with tracing off; the replies and other non-events the run
+        held (the loop counts them) push the cut that much further.
+        """
+        n = len(messages)
+        start = 0
+        at = spans.gap
+        while at < n:
+            if at > start:
+                others = self._route(messages[start:at])
+                start = at
+                if others:
+                    at += others
+                    continue
+            message = messages[at]
+            start = at + 1
+            if message.kind != KIND_EVENT:
+                self._route([message])
+                at = start
+                continue
+            name = message.name
+            if name in _INTERNAL:
+                self._internal_event(message, name)
+            spans.dispatch(self._dispatcher, message, name, self._span_batch)
+            at = start + spans.next_gap()
+        others = self._route(messages[start:] if start else messages) if start < n else 0
+        spans.gap = at - n + others
+
+    def _route(self, messages: list[ESLEvent]) -> int:
+        """Route ``messages`` untraced; how many of them were not events."""
+        dispatch = self._dispatcher.dispatch
+        others = 0
         for message in messages:
             kind = message.kind
             if kind == KIND_EVENT:
                 name = message.name
                 if name in _INTERNAL:
                     self._internal_event(message, name)
-                if spans is not None:
-                    if gap:
-                        gap -= 1
-                    else:
-                        gap = spans.next_gap()
-                        spans.dispatch(dispatcher, message, name, self._span_batch)
-                        continue
                 dispatch(message, name)
-            elif kind in (KIND_COMMAND_REPLY, KIND_API_RESPONSE):
+                continue
+            others += 1
+            if kind in (KIND_COMMAND_REPLY, KIND_API_RESPONSE):
                 self._reply(message)
             elif kind == KIND_AUTH_REQUEST:
                 self._auth_request()
@@ -234,8 +259,7 @@ class Protocol(asyncio.Protocol):
                 dispatch(message, "LOG")
             elif logger.isEnabledFor(logging.WARNING):
                 logger.warning("ignored a frame of unknown type %r", message.content_type)
-        if spans is not None:
-            spans.gap = gap
+        return others
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._span_batch.flush()
