@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.esl_server import ESLServer
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "corpus" / "freeswitch-1.10.12"
@@ -37,6 +39,15 @@ def _load_twin(name: str) -> ModuleType:
 def twin(request: pytest.FixtureRequest) -> ModuleType:
     """The parser module under test: the Cython extension or its pure-Python twin."""
     return _load_twin(request.param)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[ESLServer]:
+    """A minimal ESL server on a free port (a module may override it, e.g. with a password)."""
+    srv = ESLServer()
+    await srv.start()
+    yield srv
+    await srv.stop()
 
 
 @pytest.fixture(scope="session")

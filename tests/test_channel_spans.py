@@ -8,11 +8,9 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from opentelemetry import metrics, trace
+from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
@@ -21,6 +19,7 @@ from genesis.group import InMemoryLoadBalancer, RingGroup, RingMode
 from genesis.inbound import Inbound
 from genesis.testing import FreeSwitchSimulator
 from genesis.types import ChannelState
+from tests.otel_sdk import install_sdk
 
 WAIT = 10.0
 
@@ -52,10 +51,7 @@ SEED: dict[str, set[str]] = {
 
 @pytest.fixture
 def exporter(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    exp = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exp))
-    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    exp, _ = install_sdk(monkeypatch)
     yield exp
     exp.clear()
 
@@ -153,10 +149,7 @@ async def test_ring_group_error_attribute(
 async def test_unsampled_spans_build_no_attributes(
     monkeypatch: pytest.MonkeyPatch, client: Inbound
 ) -> None:
-    exp = InMemorySpanExporter()
-    provider = TracerProvider(sampler=ALWAYS_OFF)
-    provider.add_span_processor(SimpleSpanProcessor(exp))
-    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    exp, _ = install_sdk(monkeypatch, sampler=ALWAYS_OFF)
 
     def no_attributes(self: Channel) -> dict[str, Any]:
         raise AssertionError("attributes built for an unsampled span")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import resource
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,14 +13,6 @@ from genesis.consumer import Consumer, filtrate
 from genesis.inbound import Inbound
 from genesis.protocol.parser import ESLEvent
 from tests.esl_server import ESLServer, event_frame, plain_frames, split_frames
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[ESLServer]:
-    srv = ESLServer()
-    await srv.start()
-    yield srv
-    await srv.stop()
 
 
 def corpus_events() -> list[bytes]:

@@ -24,14 +24,6 @@ from tests.esl_server import AUTH_REQUEST, ESLServer, corpus_event, reply
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[ESLServer]:
-    srv = ESLServer()
-    await srv.start()
-    yield srv
-    await srv.stop()
-
-
-@pytest.fixture
 async def client(server: ESLServer) -> AsyncIterator[Inbound]:
     async with Inbound("127.0.0.1", server.port, "ClueCon", timeout=2) as conn:
         yield conn

@@ -12,13 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
 from genesis import tracing
@@ -26,6 +22,7 @@ from genesis.exceptions import ConnectionLost, ProtocolError
 from genesis.inbound import Inbound
 from genesis.protocol.parser import ESLEvent
 from tests.esl_server import Connection, ESLServer, api_response, corpus_event, reply
+from tests.otel_sdk import install_sdk
 
 BAD_LINE = b"no colon here"
 
@@ -39,26 +36,25 @@ def with_bad_line(frame: bytes) -> bytes:
     return head + b"\n\n" + spoiled
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[ESLServer]:
-    srv = ESLServer()
-    await srv.start()
-    yield srv
-    await srv.stop()
+def emit_bad_event(output: str) -> Callable[[Connection, str], bool]:
+    """A command hook answering ``api emit`` with a malformed CHANNEL_ANSWER, then ``output``.
 
-
-async def test_handler_read_raises_and_replies_stay_matched(
-        server: ESLServer, caplog: pytest.LogCaptureFixture) -> None:
+    The bad event and the api reply arrive in one read, the reply after it.
+    """
     answer = with_bad_line(corpus_event("CHANNEL_ANSWER"))
 
     def emit(conn: Connection, text: str) -> bool:
         if text.startswith("api emit"):
-            # The bad event and the reply arrive in one read, the reply after it.
-            conn.write(answer + api_response("emitted"))
+            conn.write(answer + api_response(output))
             return True
         return False
 
-    server.on_command = emit
+    return emit
+
+
+async def test_handler_read_raises_and_replies_stay_matched(
+        server: ESLServer, caplog: pytest.LogCaptureFixture) -> None:
+    server.on_command = emit_bad_event("emitted")
     seen: list[str | None] = []
     errors: list[ProtocolError] = []
 
@@ -137,20 +133,9 @@ async def test_tracing_does_not_change_what_a_malformed_event_does(
     # the span is handed to the SDK, after the engine routed the event: the connection
     # behaves as it does untraced (handlers get the event, the next reply arrives),
     # and the span records the malformed line instead of the headers.
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    exporter, _ = install_sdk(monkeypatch)
     tracing.configure(event_span_ratio=1.0, event_span_headers=None)
-    answer = with_bad_line(corpus_event("CHANNEL_ANSWER"))
-
-    def emit(conn: Connection, text: str) -> bool:
-        if text.startswith("api emit"):
-            conn.write(answer + api_response("after the bad event"))
-            return True
-        return False
-
-    server.on_command = emit
+    server.on_command = emit_bad_event("after the bad event")
     handled: list[ESLEvent] = []
     client = Inbound("127.0.0.1", server.port, "ClueCon", timeout=2)
     try:

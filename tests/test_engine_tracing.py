@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
@@ -20,6 +19,7 @@ from genesis import tracing
 from genesis.inbound import Inbound
 from genesis.outbound import Outbound, Session
 from tests.esl_server import ESLServer, FakeCall, plain_frames
+from tests.otel_sdk import install_sdk
 
 PASSWORD = "S3cret-Pa55"
 
@@ -34,10 +34,7 @@ def events_block() -> bytes:
 
 @pytest.fixture
 def exporter(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    exp = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exp))
-    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    exp, _ = install_sdk(monkeypatch)
     tracing.configure(event_span_ratio=1.0, event_span_headers=())
     yield exp
     tracing.configure(from_environment=True)
@@ -134,10 +131,7 @@ async def test_ratio_zero_and_environment(
 async def test_unsampled_spans_build_no_attributes(
     monkeypatch: pytest.MonkeyPatch, server: ESLServer
 ) -> None:
-    exp = InMemorySpanExporter()
-    provider = TracerProvider(sampler=ALWAYS_OFF)
-    provider.add_span_processor(SimpleSpanProcessor(exp))
-    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    exp, _ = install_sdk(monkeypatch, sampler=ALWAYS_OFF)
     tracing.configure(event_span_ratio=1.0)
     flattened: list[object] = []
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from genesis import tracing
@@ -20,30 +19,20 @@ from genesis.inbound import Inbound
 from genesis.protocol.dispatch import Dispatcher
 from genesis.protocol.parser import ESLEvent, Parser
 from tests.esl_server import ESLServer, plain_frames
+from tests.otel_sdk import install_sdk
 
 EVENT_FRAMES = [f for f in plain_frames() if b"text/event-plain" in f.split(b"\n\n")[0]]
 
 
 @pytest.fixture
 def exporter(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    exp = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exp))
-    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    exp, _ = install_sdk(monkeypatch)
     # Only a full batch, a lost connection or flush() hand spans over in these tests.
     monkeypatch.setattr(tracing, "BATCH_DELAY", 60.0)
     tracing.configure(event_span_ratio=1.0)
     yield exp
     tracing.flush()
     tracing.configure(from_environment=True)
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[ESLServer]:
-    srv = ESLServer()
-    await srv.start()
-    yield srv
-    await srv.stop()
 
 
 def event_spans(exporter: InMemorySpanExporter) -> list[ReadableSpan]:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk import trace as sdk_trace
-from opentelemetry.sdk.trace import SpanLimits, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import SpanLimits
 
 from genesis import tracing
 from genesis.inbound import Inbound
@@ -20,21 +18,13 @@ from genesis.protocol.base import Protocol
 from genesis.protocol.dispatch import Dispatcher
 from genesis.protocol.parser import ESLEvent, HeaderFlattener, Parser
 from tests.esl_server import ESLServer, plain_frames
+from tests.otel_sdk import install_sdk
 
 EVENT_FRAMES = [f for f in plain_frames() if b"text/event-plain" in f.split(b"\n\n")[0]]
 
 
 def corpus_events() -> list[ESLEvent]:
     return Parser().feed(b"".join(EVENT_FRAMES))
-
-
-def install(monkeypatch: pytest.MonkeyPatch, limits: SpanLimits | None = None
-            ) -> tuple[InMemorySpanExporter, TracerProvider]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(span_limits=limits)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
-    return exporter, provider
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +36,7 @@ def restore_configuration() -> Iterator[None]:
 def spans_both_ways(monkeypatch: pytest.MonkeyPatch, limits: SpanLimits | None
                     ) -> tuple[list[Any], list[Any], int]:
     """process_event spans of every corpus event, via the engine and via set_attributes."""
-    exporter, provider = install(monkeypatch, limits)
+    exporter, provider = install_sdk(monkeypatch, limits=limits)
     tracing.configure(event_span_ratio=1.0)
     spans = tracing.event_spans()
     assert spans is not None
@@ -110,7 +100,7 @@ def test_span_limits_are_left_to_the_sdk(
 
 
 def test_another_span_class_gets_set_attributes(monkeypatch: pytest.MonkeyPatch) -> None:
-    install(monkeypatch)
+    install_sdk(monkeypatch)
     tracing.configure(event_span_ratio=1.0)
     spans = tracing.event_spans()
     assert spans is not None
@@ -134,18 +124,10 @@ def test_another_span_class_gets_set_attributes(monkeypatch: pytest.MonkeyPatch)
     assert received == [HeaderFlattener().flatten(event)]
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[ESLServer]:
-    srv = ESLServer()
-    await srv.start()
-    yield srv
-    await srv.stop()
-
-
 async def test_handler_spans_are_children_and_context_is_restored(
     monkeypatch: pytest.MonkeyPatch, server: ESLServer
 ) -> None:
-    exporter, provider = install(monkeypatch)
+    exporter, provider = install_sdk(monkeypatch)
     tracing.configure(event_span_ratio=0.5)
     tracer = provider.get_tracer("handler")
     outside: list[int] = []
@@ -175,7 +157,7 @@ async def test_handler_spans_are_children_and_context_is_restored(
 async def test_ratio_is_exact_across_chunks_and_connections(
     monkeypatch: pytest.MonkeyPatch, server: ESLServer
 ) -> None:
-    exporter, _ = install(monkeypatch)
+    exporter, _ = install_sdk(monkeypatch)
     tracing.configure(event_span_ratio=0.3)
     seen = 0
 
@@ -227,7 +209,7 @@ def test_chunks_are_cut_at_the_events_the_ratio_accumulator_picks(
     # traced event is: whatever the chunking and however many non-events (log lines
     # here) lie between them, the traced events must be exactly those where a
     # per-event accumulator reaches a whole unit.
-    install(monkeypatch)
+    install_sdk(monkeypatch)
     tracing.configure(event_span_ratio=ratio)
     rng = random.Random(f"{ratio} {others}")
     messages: list[ESLEvent] = []
@@ -247,7 +229,7 @@ def test_chunks_are_cut_at_the_events_the_ratio_accumulator_picks(
 
 
 def test_replies_between_events_do_not_count(monkeypatch: pytest.MonkeyPatch) -> None:
-    install(monkeypatch)
+    install_sdk(monkeypatch)
     tracing.configure(event_span_ratio=0.5)
     e = corpus_events()[:6]
     reply = Parser().feed(b"Content-Type: command/reply\nReply-Text: +OK\n\n")[0]
