@@ -13,7 +13,7 @@ from test_simulator_support import Esl
 
 from genesis.outbound import Outbound, Session
 from genesis.protocol.parser import KIND_EVENT, ESLEvent, Parser
-from genesis.testing import FreeSwitchSimulator
+from genesis.testing import Channel, FreeSwitchSimulator
 
 GOODBYE = "Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
 
@@ -54,6 +54,16 @@ def sendmsg(app: str, arg: str | None = None) -> dict[str, str]:
         headers["execute-app-arg"] = arg
     return headers
 
+
+
+async def call_in_myevents(freeswitch: FreeSwitchSimulator, app: App) -> tuple[Channel, Esl]:
+    """A call to 5000, routed to ``app``, and its session after ``connect`` and ``myevents``."""
+    freeswitch.route("5000", socket=f"127.0.0.1:{app.port} async full")
+    call = await freeswitch.place_call(destination="5000")
+    session = await app.session()
+    await session.send("connect")
+    await session.send("myevents")
+    return call, session
 
 async def test_outbound_capture_replayed(
     corpus: Path, freeswitch: FreeSwitchSimulator, app: App
@@ -124,11 +134,7 @@ async def test_outbound_capture_replayed(
 async def test_without_linger_the_hangup_disconnects(
     freeswitch: FreeSwitchSimulator, app: App
 ) -> None:
-    freeswitch.route("5000", socket=f"127.0.0.1:{app.port} async full")
-    call = await freeswitch.place_call(destination="5000")
-    session = await app.session()
-    await session.send("connect")
-    await session.send("myevents")
+    call, session = await call_in_myevents(freeswitch, app)
     await session.send("sendmsg", {"call-command": "hangup", "hangup-cause": "USER_BUSY"})
     await session.closed()
     notice = session.frames[-1]
@@ -265,11 +271,7 @@ async def test_inbound_sendmsg_to_outbound_channel(
     freeswitch: FreeSwitchSimulator, app: App
 ) -> None:
     """Any channel uuid works for sendmsg, including one an outbound socket controls."""
-    freeswitch.route("5000", socket=f"127.0.0.1:{app.port} async full")
-    call = await freeswitch.place_call(destination="5000")
-    session = await app.session()
-    await session.send("connect")
-    await session.send("myevents")
+    call, session = await call_in_myevents(freeswitch, app)
     control = await Esl.open(freeswitch)
     reply = await control.send(
         f"sendmsg {call.uuid}", {"call-command": "execute", "execute-app-name": "answer"}
@@ -282,11 +284,7 @@ async def test_inbound_sendmsg_to_outbound_channel(
 
 
 async def test_linger_seconds_then_disconnect(freeswitch: FreeSwitchSimulator, app: App) -> None:
-    freeswitch.route("5000", socket=f"127.0.0.1:{app.port} async full")
-    call = await freeswitch.place_call(destination="5000")
-    session = await app.session()
-    await session.send("connect")
-    await session.send("myevents")
+    call, session = await call_in_myevents(freeswitch, app)
     assert (await session.send("linger 1"))["Reply-Text"] == "+OK will linger 1 seconds"
     started = time.monotonic()
     await session.send("sendmsg", {"call-command": "hangup"})
@@ -314,12 +312,8 @@ async def test_application_leaving_hangs_up_unless_resume(
 ) -> None:
     """Without ``resume`` the call ends with the application's connection, even from a
     park the application started; with it, the dialplan goes on after ``socket``."""
-    freeswitch.route("5000", socket=f"127.0.0.1:{app.port} async full")
     freeswitch.route("5001", apps=[("socket", f"127.0.0.1:{app.port} async full"), "set after=1"])
-    call = await freeswitch.place_call(destination="5000")
-    session = await app.session()
-    await session.send("connect")
-    await session.send("myevents")
+    call, session = await call_in_myevents(freeswitch, app)
     await session.send("sendmsg", sendmsg("park"))
     await session.event("CHANNEL_EXECUTE")
     await session.close()
