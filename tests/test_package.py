@@ -25,6 +25,12 @@ def test_contract_name_is_importable(name: str) -> None:
     assert name in dir(genesis)
 
 
+def test_all_lists_exactly_the_lazy_exports() -> None:
+    # __all__ is spelled out for static tools; the lazy-import table is what resolves the
+    # names: a name added to one and not the other would be unexported or unresolvable.
+    assert set(genesis.__all__) == {*genesis._EXPORTS, "__version__", "parser_implementation"}
+
+
 def test_other_contract_modules_import() -> None:
     from genesis.exceptions import CommandStage, ConnectionLost, GenesisError
     from genesis.group import LoadBalancerBackend
