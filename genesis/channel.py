@@ -299,12 +299,14 @@ class Channel:
     def _attach_routing(self) -> None:
         if not self._attached:
             self.protocol.on_channel(self.uuid, "*", self._on_event)
+            self.protocol.watch_gaps(self._after_gap)
             self._attached = True
 
     def _detach(self) -> None:
         if self._attached:
             self._attached = False
             self.protocol.remove_channel(self.uuid, "*", self._on_event)
+            self.protocol.unwatch_gaps(self._after_gap)
         if self._filtered:
             self._filtered = False
             if self.protocol.is_connected:
@@ -314,6 +316,33 @@ class Channel:
                 future.set_result(None)
         self._waiters.clear()
         self._run_end_callbacks()
+
+    def _after_gap(self, back: bool) -> None:
+        """The connection lost events: this leg's hangup may have been one of them.
+
+        Back after a reconnect, FreeSWITCH is asked whether the leg still exists; a leg
+        gone in the gap ends here (``hangup_cause`` None: its hangup event was lost).
+        A connection ended for good can report nothing more, so the leg is no longer
+        followed: its waits end and its end callbacks run, so that what counts it (a
+        load balancer) does not count it forever.
+        """
+        if not back:
+            self._detach()
+        elif not self._hungup:
+            self._spawn(self._check_alive())
+
+    async def _check_alive(self) -> None:
+        try:
+            exists = await self.protocol.api(f"uuid_exists {self.uuid}", timeout=10.0)
+        except Exception as exc:
+            # Lost again: the next reconnect asks again, the end of the connection detaches.
+            logger.info("checking channel %s after a reconnect failed: %r", self.uuid, exc)
+            return
+        if exists.strip() == "false" and not self._hungup:
+            self._hungup = True
+            if self._state < ChannelState.HANGUP:
+                self._state = ChannelState.HANGUP
+            self._detach()
 
     async def _remove_filter(self) -> None:
         try:
@@ -369,7 +398,7 @@ class Channel:
 
     def _wait_for(self, predicate: Callable[[ESLEvent], bool]) -> asyncio.Future[ESLEvent | None]:
         future: asyncio.Future[ESLEvent | None] = asyncio.get_running_loop().create_future()
-        if self._hungup:
+        if self._hungup or self._ended:
             future.set_result(None)
         else:
             self._waiters.append((predicate, future))

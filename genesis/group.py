@@ -8,7 +8,9 @@ ends (answer elsewhere, timeout, cancellation, error).
 
 A balancer counts the calls active on each destination, from the moment a leg is
 chosen for it until that leg ends; counting until answer (as the release this
-project replaces did) lets a burst of ringing legs overload one gateway.
+project replaces did) lets a burst of ringing legs overload one gateway. A leg whose
+hangup was lost with the connection ends when the reconnect shows it gone, or when
+the connection ends for good (``Channel`` watches the connection's gaps).
 Choosing and counting must be one atomic step, or two dialers read the same
 "least loaded" count and both pick it: :meth:`LoadBalancerBackend.acquire` is that
 step (a plain comparison in memory, one Lua script in Redis).

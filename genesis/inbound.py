@@ -160,6 +160,7 @@ class Inbound(Protocol):
         self._finish(None)
 
     def _finish(self, error: BaseException | None) -> None:
+        self._tell_watchers(False)
         closed = self._closed
         if closed is not None and not closed.done():
             if error is None:
@@ -312,6 +313,7 @@ class Inbound(Protocol):
             logger.warning("reconnected to %s:%s after %.3fs (%d attempts); events in the gap"
                            " are lost", self.host, self.port, gap.duration, attempts)
             self._report_gap(gap)
+            self._tell_watchers(True)
             return
 
     def _report_gap(self, gap: Gap) -> None:

@@ -68,6 +68,7 @@ class Session(Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.gone = True
+        self._tell_watchers(False)
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
 

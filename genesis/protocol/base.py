@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, cast
 from uuid import uuid4
 
@@ -97,6 +97,10 @@ class Protocol(asyncio.Protocol):
         self.peer: tuple[str, int] | None = None
         # This connection's process_event spans waiting for the SDK (tracing.SpanBatch).
         self._span_batch = tracing.SpanBatch()
+        # Followers of calls on this connection (genesis.channel.Channel), told when the
+        # events of their calls may have been lost: True once the connection is back
+        # after a gap, False once it has ended for good.
+        self._watchers: set[Callable[[bool], None]] = set()
 
     # -- public state -------------------------------------------------------------------
 
@@ -156,6 +160,22 @@ class Protocol(asyncio.Protocol):
     def remove_channel(self, uuid: str, key: str, handler: EventHandler) -> None:
         """Undo :meth:`on_channel`; the last handler of a uuid frees its entry."""
         self._dispatcher.remove_channel(uuid, key, handler)
+
+    def watch_gaps(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(True)`` after a reconnect, ``callback(False)`` once the connection
+        has ended for good: either way, events that were due may never arrive."""
+        self._watchers.add(callback)
+
+    def unwatch_gaps(self, callback: Callable[[bool], None]) -> None:
+        """Undo :meth:`watch_gaps` (nothing happens if it was not registered)."""
+        self._watchers.discard(callback)
+
+    def _tell_watchers(self, back: bool) -> None:
+        for callback in list(self._watchers):
+            try:
+                callback(back)
+            except Exception:
+                logger.exception("a connection gap callback failed")
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
