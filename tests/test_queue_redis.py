@@ -9,7 +9,9 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio
 
+from genesis.exceptions import GenesisError
 from genesis.queue import Queue, RedisBackend
 from tests.redis_server import kill, run_workers, spawn_python
 
@@ -140,3 +142,72 @@ async def test_live_waiter_keeps_its_place_past_the_ttl(backend: RedisBackend) -
     await asyncio.wait_for(early, WAIT)
     await backend.release("q", "early")
     await backend.release("q", "late")
+
+
+async def _script_calls(client: redis.asyncio.Redis) -> int:
+    stats = await client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{cmd}", {}).get("calls", 0)) for cmd in ("evalsha", "eval"))
+
+
+async def test_waiters_of_one_process_share_one_poll(redis_url: str, redis_prefix: str) -> None:
+    """Forty waiters cost Redis one script run per poll, not forty."""
+    backend = RedisBackend(redis_url, key_prefix=redis_prefix, lease_ttl=3.0, poll_interval=0.05)
+    client = redis.asyncio.Redis.from_url(redis_url)
+    order: list[int] = []
+
+    async def waiter(n: int) -> None:
+        await backend.wait_and_acquire("q", f"w{n}", 1, WAIT)
+        order.append(n)
+        await backend.release("q", f"w{n}")
+
+    try:
+        await backend.wait_and_acquire("q", "holder", 1, WAIT)
+        waiters = []
+        for n in range(40):
+            waiters.append(asyncio.create_task(waiter(n)))
+            await asyncio.sleep(0.001)  # each takes its place in this order
+        async with asyncio.timeout(WAIT):
+            while await backend.depth("q") < 40:
+                await asyncio.sleep(0.01)
+        before = await _script_calls(client)
+        await asyncio.sleep(1.0)  # about 20 polls
+        calls = await _script_calls(client) - before
+        assert calls <= 30, calls  # one caller polling alone would make 20 of them
+        await backend.release("q", "holder")
+        await asyncio.wait_for(asyncio.gather(*waiters), WAIT)
+        assert order == list(range(40))
+    finally:
+        await client.aclose()
+        await backend.close()
+
+
+async def test_slot_freed_here_wakes_the_next_waiter_at_once(backend: RedisBackend) -> None:
+    slow = RedisBackend(backend.url, key_prefix=backend.key_prefix, lease_ttl=30.0,
+                        poll_interval=5.0)
+    try:
+        await slow.wait_and_acquire("q", "holder", 1, WAIT)
+        nxt = asyncio.create_task(slow.wait_and_acquire("q", "next", 1, WAIT))
+        async with asyncio.timeout(WAIT):
+            while await slow.depth("q") < 1:
+                await asyncio.sleep(0.01)
+        started = time.monotonic()
+        await slow.release("q", "holder")
+        await asyncio.wait_for(nxt, WAIT)
+        assert time.monotonic() - started < 1.0  # not the 5 s poll
+        await slow.release("q", "next")
+    finally:
+        await slow.close()
+
+
+async def test_close_fails_waiting_callers(backend: RedisBackend) -> None:
+    other = RedisBackend(backend.url, key_prefix=backend.key_prefix, lease_ttl=3.0,
+                         poll_interval=0.05)
+    await backend.wait_and_acquire("q", "holder", 1, WAIT)
+    waiting = asyncio.create_task(other.wait_and_acquire("q", "w", 1, None))
+    async with asyncio.timeout(WAIT):
+        while await backend.depth("q") < 1:
+            await asyncio.sleep(0.01)
+    await other.close()
+    with pytest.raises(GenesisError):
+        await asyncio.wait_for(waiting, WAIT)
+    await backend.release("q", "holder")

@@ -9,8 +9,13 @@ dies stops renewing: its waiters and slots expire after ``lease_ttl`` seconds an
 next script run reclaims them. This fixes the release this project replaces, whose
 backend had no ``depth()``, deadlocked and never removed a cancelled waiter.
 
-Waiters poll every ``poll_interval`` seconds (a slot freed by another process is seen
-within that delay); a slot freed in this process wakes local waiters at once.
+A waiter first asks for its slot on its own (which also takes its place in line). If it
+must wait, it joins its process's local line for that queue, and one task per process and
+queue (the pump) asks for every waiting item of that line in one script run: every
+``poll_interval`` seconds (a slot freed by another process is seen within that delay),
+or at once when a slot is freed in this process. So Redis sees one call per poll per
+process and queue, however many calls are waiting, and each run also renews the
+heartbeat of every waiter it carries.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import time
 from typing import Any
 
 from genesis._redis import connect
-from genesis.exceptions import QueueTimeoutError
+from genesis.exceptions import GenesisError, QueueTimeoutError
 from genesis.queue.base import QueueBackend
 
 logger = logging.getLogger(__name__)
@@ -79,6 +84,53 @@ if rank < tonumber(ARGV[2]) - redis.call('ZCARD', KEYS[3]) then
 end
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
 return 0
+"""
+)
+
+# KEYS: waiting, beats, active. ARGV: ttl_ms, then item and max_concurrent pairs.
+# One result per pair: 1 the item holds a slot, 0 it keeps waiting (heartbeat renewed),
+# -1 it is not in line any more (it gave up, or was purged as dead). Items are judged in
+# line order, each against the slots left by those granted before it.
+_ACQUIRE_MANY = (
+    _NOW
+    + _PURGE
+    + """
+local ttl = tonumber(ARGV[1])
+local results = {}
+local order = {}
+for i = 2, #ARGV, 2 do
+  local item = ARGV[i]
+  local idx = i / 2
+  if redis.call('ZSCORE', KEYS[3], item) then
+    redis.call('ZADD', KEYS[3], now + ttl, item)
+    results[idx] = 1
+  else
+    local rank = redis.call('ZRANK', KEYS[1], item)
+    if rank then
+      order[#order + 1] = {rank, idx}
+    else
+      results[idx] = -1
+    end
+  end
+end
+table.sort(order, function(a, b) return a[1] < b[1] end)
+local granted = 0
+for _, entry in ipairs(order) do
+  local idx = entry[2]
+  local item = ARGV[idx * 2]
+  -- Every item granted before this one was ahead of it in line.
+  if entry[1] - granted < tonumber(ARGV[idx * 2 + 1]) - redis.call('ZCARD', KEYS[3]) then
+    redis.call('ZREM', KEYS[1], item)
+    redis.call('ZREM', KEYS[2], item)
+    redis.call('ZADD', KEYS[3], now + ttl, item)
+    granted = granted + 1
+    results[idx] = 1
+  else
+    redis.call('ZADD', KEYS[2], now + ttl, item)
+    results[idx] = 0
+  end
+end
+return results
 """
 )
 
@@ -141,10 +193,11 @@ class RedisBackend(QueueBackend):
         self._ttl_ms = max(1, int(lease_ttl * 1000))
         self._enqueue = client.register_script(_ENQUEUE)
         self._acquire = client.register_script(_ACQUIRE)
+        self._acquire_many = client.register_script(_ACQUIRE_MANY)
         self._forget = client.register_script(_FORGET)
         self._renew = client.register_script(_RENEW)
         self._count = client.register_script(_COUNT)
-        self._wakeups: dict[str, asyncio.Event] = {}
+        self._lines: dict[str, _Line] = {}
         self._renewers: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     def _keys(self, queue_id: str) -> list[str]:
@@ -166,33 +219,83 @@ class RedisBackend(QueueBackend):
         keys = self._keys(queue_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
+            # On its own first: admission at once needs no pump, and this takes the
+            # item's place in line (again, if it was purged as dead while it waited).
             while not await self._acquire(keys=keys, args=[item_id, max_concurrent, self._ttl_ms]):
-                delay = self.poll_interval
-                if deadline is not None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise QueueTimeoutError(f"no slot of queue {queue_id!r} within {timeout} s")
-                    delay = min(delay, remaining)
-                wakeup = self._wakeups.setdefault(queue_id, asyncio.Event())
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(wakeup.wait(), delay)
+                line = self._lines.get(queue_id)
+                if line is None:
+                    line = self._lines[queue_id] = _Line()
+                granted: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+                line.waiters[item_id] = (max_concurrent, granted)
+                if line.pump is None:
+                    line.pump = asyncio.create_task(self._pump(queue_id, line))
+                try:
+                    if deadline is None:
+                        admitted = await granted
+                    else:
+                        admitted = await asyncio.wait_for(granted, deadline - time.monotonic())
+                except asyncio.TimeoutError:
+                    raise QueueTimeoutError(
+                        f"no slot of queue {queue_id!r} within {timeout} s") from None
+                finally:
+                    line.waiters.pop(item_id, None)
+                if admitted:
+                    break
         except BaseException:
             # Timeout, cancellation or a Redis error: whether or not the last script ran,
             # removing the item everywhere leaves neither a ghost waiter nor a leaked slot.
-            await asyncio.shield(self._forget(keys=keys[:3], args=[item_id]))
+            try:
+                await asyncio.shield(self._forget(keys=keys[:3], args=[item_id]))
+            except Exception:
+                # The cause stays what is raised; the item's heartbeat then runs out.
+                logger.warning("removing queue %r item %r failed", queue_id, item_id,
+                               exc_info=True)
             raise
         self._renewers[(queue_id, item_id)] = asyncio.create_task(
             self._keep_lease(keys[2], queue_id, item_id)
         )
+
+    async def _pump(self, queue_id: str, line: _Line) -> None:
+        """Ask for every waiting item of this process's ``line`` in one script run, until
+        the line is empty: every ``poll_interval``, or at once when :meth:`release` frees
+        a slot here. Each waiter learns its result through its future."""
+        keys = self._keys(queue_id)[:3]
+        try:
+            while True:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(line.wake.wait(), self.poll_interval)
+                line.wake.clear()
+                if not line.waiters:
+                    return
+                asked = list(line.waiters.items())
+                args: list[object] = [self._ttl_ms]
+                for item_id, (max_concurrent, _granted) in asked:
+                    args += [item_id, max_concurrent]
+                try:
+                    results = await self._acquire_many(keys=keys, args=args)
+                except Exception as exc:
+                    # Each waiter fails as it would have failed asking on its own.
+                    for _item, (_max, granted) in asked:
+                        if not granted.done():
+                            granted.set_exception(exc)
+                    continue
+                for (_item, (_max, granted)), result in zip(asked, results, strict=True):
+                    # A waiter that gave up meanwhile removes its item itself.
+                    if result != 0 and not granted.done():
+                        granted.set_result(result == 1)
+        finally:
+            line.pump = None
+            if self._lines.get(queue_id) is line and not line.waiters:
+                del self._lines[queue_id]
 
     async def release(self, queue_id: str, item_id: str) -> None:
         renewer = self._renewers.pop((queue_id, item_id), None)
         if renewer is not None:
             renewer.cancel()
         await self._forget(keys=self._keys(queue_id)[:3], args=[item_id])
-        wakeup = self._wakeups.pop(queue_id, None)
-        if wakeup is not None:
-            wakeup.set()
+        line = self._lines.get(queue_id)
+        if line is not None:
+            line.wake.set()
 
     async def depth(self, queue_id: str) -> int:
         return int(await self._count(keys=self._keys(queue_id)[:3], args=[0]))
@@ -201,6 +304,15 @@ class RedisBackend(QueueBackend):
         return int(await self._count(keys=self._keys(queue_id)[:3], args=[1]))
 
     async def close(self) -> None:
+        pumps = []
+        for line in list(self._lines.values()):
+            for _max, granted in line.waiters.values():
+                if not granted.done():
+                    granted.set_exception(GenesisError("the queue backend was closed"))
+            if line.pump is not None:
+                line.pump.cancel()
+                pumps.append(line.pump)
+        await asyncio.gather(*pumps, return_exceptions=True)
         renewers = list(self._renewers.values())
         self._renewers.clear()
         for renewer in renewers:
@@ -227,3 +339,16 @@ class RedisBackend(QueueBackend):
                 )
                 self._renewers.pop((queue_id, item_id), None)
                 return
+
+
+class _Line:
+    """One queue's waiters in this process, and the task asking Redis for all of them."""
+
+    __slots__ = ("pump", "waiters", "wake")
+
+    def __init__(self) -> None:
+        # item id -> (max_concurrent, future set to True on admission, False when the
+        # item is no longer in line and must take its place again).
+        self.waiters: dict[str, tuple[int, asyncio.Future[bool]]] = {}
+        self.pump: asyncio.Task[None] | None = None
+        self.wake = asyncio.Event()
