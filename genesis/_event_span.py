@@ -52,11 +52,28 @@ class EventSpan(Span):
             with tracing.LOCK:
                 real = self._real
                 if real is None:
-                    event = self._event
-                    assert event is not None
-                    real = self._real = self._spans.start(event, self._links, self._start)
-                    self._event = None
+                    real = self.begin()
+                    assert real is not None
+                    self.attribute(real)
         return real
+
+    def begin(self) -> Span | None:
+        """Start the SDK span, unless something did already (None then); the caller holds
+        ``tracing.LOCK`` and passes the span to :meth:`attribute`."""
+        if self._real is not None:
+            return None
+        return self._spans.begin(self._links, self._start)
+
+    def attribute(self, real: Span) -> None:
+        """Record the event's attributes on ``real`` (from :meth:`begin`), then hand it
+        out: the SDK span is this span's from now on, even if recording failed."""
+        event = self._event
+        assert event is not None
+        try:
+            self._spans.attribute(real, event)
+        finally:
+            self._real = real
+            self._event = None
 
     def complete(self) -> None:
         """Start the SDK span if nothing did yet, and end it at the recorded time."""
