@@ -405,3 +405,23 @@ def test_selector_module() -> None:
     module = parser.Parser.__module__
     compiled = parser.IMPLEMENTATION == "compiled"
     assert module == ("genesis._parser" if compiled else "genesis._parser_py")
+
+
+@pytest.mark.parametrize("name_len", [1, 14, 15, 16, 17, 31, 32, 33, 60])
+@pytest.mark.parametrize("tail", [b"", b"Z: z\n" * 3])
+def test_the_colon_is_found_wherever_it_falls(twin: ModuleType, name_len: int,
+                                              tail: bytes) -> None:
+    # The index looks for a line's colon 16 bytes at a time while 16 bytes of the block
+    # are left, byte by byte after that: names on both sides of every boundary, near
+    # the end of the block and not, with and without a colon in the value too.
+    name = b"N" * name_len
+    body = b"A: b\n" + name + b": v:w\n" + tail + b"\n"
+    event = twin.Parser().feed(
+        b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(body) + body)[0]
+    assert dict(event)[name.decode()] == "v:w"
+    bad = b"A: b\n" + name + b"\n" + tail + b"\n"
+    event = twin.Parser().feed(
+        b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(bad) + bad)[0]
+    with pytest.raises(ProtocolError) as caught:
+        dict(event)
+    assert caught.value.excerpt == name
