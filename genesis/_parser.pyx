@@ -283,6 +283,12 @@ cdef uint32_t _name_cell[_NAME_CACHE_SIZE]
 cdef uint32_t _name_pass = 0
 
 
+cdef inline uint32_t _load4(const char* p) noexcept nogil:
+    cdef uint32_t v
+    memcpy(&v, p, 4)
+    return v
+
+
 cdef inline uint64_t _load8(const char* p) noexcept nogil:
     cdef uint64_t v
     memcpy(&v, p, 8)
@@ -290,14 +296,14 @@ cdef inline uint64_t _load8(const char* p) noexcept nogil:
 
 
 cdef inline uint64_t _hash_name(const char* p, Py_ssize_t n) noexcept nogil:
-    """A cheap hash of a header name: its length and three 8-byte windows.
+    """A cheap hash of a header name or value: its length and a few 8-byte windows
+    (two overlapping 4-byte ones below 8 bytes).
 
     Header names share long prefixes (``Caller-Channel-...``) but differ in
     length or near the end; a byte-serial hash would cost more than the decoding
     it saves. Collisions only cost a probe: every hit is confirmed by memcmp.
     """
     cdef uint64_t h = <uint64_t>n * 0x9E3779B97F4A7C15ULL
-    cdef Py_ssize_t i
     if n >= 8:
         h ^= _load8(p)
         h = (h ^ (h >> 29)) * 0xBF58476D1CE4E5B9ULL
@@ -310,9 +316,12 @@ cdef inline uint64_t _hash_name(const char* p, Py_ssize_t n) noexcept nogil:
             h ^= _load8(p + 8)
             h = (h ^ (h >> 29)) * 0xBF58476D1CE4E5B9ULL
             h ^= _load8(p + n - 16)
-    else:
-        for i in range(n):
-            h = (h << 8) | <unsigned char>p[i]
+    elif n >= 4:
+        # Two overlapping 4-byte windows hold every byte of a short value ("true", "8000").
+        h ^= <uint64_t>_load4(p) | (<uint64_t>_load4(p + n - 4) << 32)
+    elif n > 0:
+        h ^= (<uint64_t><unsigned char>p[0] | (<uint64_t><unsigned char>p[n >> 1] << 8)
+              | (<uint64_t><unsigned char>p[n - 1] << 16))
     h = (h ^ (h >> 31)) * 0x94D049BB133111EBULL
     return h ^ (h >> 32)
 
@@ -321,6 +330,8 @@ cdef inline bint _same(const char* a, const char* b, Py_ssize_t n) noexcept nogi
     """memcmp(a, b, n) == 0 for the short strings the caches confirm, without a call."""
     cdef Py_ssize_t i = 0
     if n < 8:
+        if n >= 4:
+            return _load4(a) == _load4(b) and _load4(a + n - 4) == _load4(b + n - 4)
         while i < n:
             if a[i] != b[i]:
                 return False
@@ -585,7 +596,13 @@ cdef inline object _value_ahead(const char* base, uint32_t* s, bint urlenc, bint
                                 uint64_t h):
     """``_line_value`` of line ``s``, reusing the hash ``_hash_ahead`` took when ``hashed``."""
     cdef uint32_t n = s[3] & _LEN_MASK
+    cdef char first
     if hashed and n <= _VALUE_CACHE_MAX_LEN:
+        first = base[s[2]] if n else 0
+        # Decoding only turns "%41" into "A" and never lengthens: a value that cannot
+        # decode to "ARRAY::..." is not looked at again.
+        if n < 7 or (first != 65 and first != 37):
+            return _value_hashed(base + s[2], n, h)
         return _split_value(_value_hashed(base + s[2], n, h))
     return _line_value(base, s, urlenc)
 
