@@ -162,13 +162,10 @@ async def test_waiters_of_one_process_share_one_poll(redis_url: str, redis_prefi
 
     try:
         await backend.wait_and_acquire("q", "holder", 1, WAIT)
-        waiters = []
         for n in range(40):
-            waiters.append(asyncio.create_task(waiter(n)))
-            await asyncio.sleep(0.001)  # each takes its place in this order
-        async with asyncio.timeout(WAIT):
-            while await backend.depth("q") < 40:
-                await asyncio.sleep(0.01)
+            await backend.enqueue("q", f"w{n}")  # places are taken in this order
+        waiters = [asyncio.create_task(waiter(n)) for n in range(40)]
+        await asyncio.sleep(0.3)  # each has asked once on its own by now, and waits
         before = await _script_calls(client)
         await asyncio.sleep(1.0)  # about 20 polls
         calls = await _script_calls(client) - before
