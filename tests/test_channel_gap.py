@@ -9,7 +9,6 @@ that nobody can see end, instead of counting it forever.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -24,11 +23,10 @@ WAIT = 10.0
 
 
 @pytest.fixture
-async def fs() -> AsyncIterator[FreeSwitchSimulator]:
-    async with FreeSwitchSimulator(host="127.0.0.1", port=0, password="ClueCon") as sim:
-        sim.endpoint("user/2002", answer_after=0.05)
-        sim.endpoint("user/2005", answer_after=0.05)
-        yield sim
+def fs(freeswitch: FreeSwitchSimulator) -> FreeSwitchSimulator:
+    freeswitch.endpoint("user/2002", answer_after=0.05)
+    freeswitch.endpoint("user/2005", answer_after=0.05)
+    return freeswitch
 
 
 async def _answered(client: Inbound, balancer: InMemoryLoadBalancer, target: str) -> Channel:
