@@ -252,7 +252,7 @@ cdef enum:
     _VALUE_CACHE_SIZE = 4096
     # How many lines ahead ESLEvent._list prefetches cache slots, and the size of
     # its ring of hashes (more than _AHEAD: a line's entry must outlive the
-    # prefetch issued for the line _AHEAD after it).
+    # prefetch issued for the line _AHEAD after it; a power of two, indexed by a mask).
     _AHEAD = 4
     _RING = 8
 
@@ -585,11 +585,11 @@ cdef inline void _hash_ahead(const char* base, uint32_t* s, Py_ssize_t j, uint64
     the value too (only URL-encoded values go through the value cache).
     """
     cdef Py_ssize_t vn = s[3] & _LEN_MASK
-    name_h[j % _RING] = _hash_name(base + s[0], s[1])
-    __builtin_prefetch(&_name_cache[name_h[j % _RING] & (_NAME_CACHE_SIZE - 1)])
+    name_h[j & (_RING - 1)] = _hash_name(base + s[0], s[1])
+    __builtin_prefetch(&_name_cache[name_h[j & (_RING - 1)] & (_NAME_CACHE_SIZE - 1)])
     if values and vn <= _VALUE_CACHE_MAX_LEN:
-        value_h[j % _RING] = _hash_name(base + s[2], vn)
-        __builtin_prefetch(&_value_cache[value_h[j % _RING] & (_VALUE_CACHE_SIZE - 1)])
+        value_h[j & (_RING - 1)] = _hash_name(base + s[2], vn)
+        __builtin_prefetch(&_value_cache[value_h[j & (_RING - 1)] & (_VALUE_CACHE_SIZE - 1)])
 
 
 cdef inline object _value_ahead(const char* base, uint32_t* s, bint urlenc, bint hashed,
@@ -967,11 +967,11 @@ cdef class ESLEvent:
             if i < 0:
                 continue
             s = self._lines + i * _SLOT
-            slot = _name_slot(base + s[0], s[1], name_h[i % _RING])
+            slot = _name_slot(base + s[0], s[1], name_h[i & (_RING - 1)])
             if slot < 0:
                 self._drop_cells()
                 return False
-            value = _value_ahead(base, s, urlenc, urlenc, value_h[i % _RING])
+            value = _value_ahead(base, s, urlenc, urlenc, value_h[i & (_RING - 1)])
             s[3] |= _SEEN
             if _name_pass != this_pass:
                 # An allocation above ran the GC, and a finalizer listed another
@@ -2211,7 +2211,7 @@ cdef class HeaderFlattener:
             if i < 0:
                 continue
             s = event._lines + i * _SLOT
-            slot = _name_slot(base + s[0], s[1], name_h[i % _RING])
+            slot = _name_slot(base + s[0], s[1], name_h[i & (_RING - 1)])
             if slot < 0:
                 return self._restart(attrs, mark)
             key = self._slot_key(slot)
@@ -2224,7 +2224,7 @@ cdef class HeaderFlattener:
                 if old == NULL:
                     continue
             value = _attribute(
-                _value_ahead(base, s, urlenc, values_ahead, value_h[i % _RING]))
+                _value_ahead(base, s, urlenc, values_ahead, value_h[i & (_RING - 1)]))
             event._count_line(s)
             # One probe inserts a new key or finds the entry a repeat merges into.
             size = len(attrs)
