@@ -52,8 +52,8 @@ async def _until(condition: object) -> None:
 async def test_leg_hung_up_in_a_gap_ends_after_the_reconnect(fs: FreeSwitchSimulator) -> None:
     gaps: list[Gap] = []
     balancer = InMemoryLoadBalancer()
-    # The reconnect waits 0.25-0.5 s: the hangup below is over long before it.
-    async with Inbound(fs.host, fs.port, "ClueCon", reconnect=True, reconnect_delay=0.5,
+    # The reconnect waits 0.5-1 s: the hangup below is over long before it.
+    async with Inbound(fs.host, fs.port, "ClueCon", reconnect=True, reconnect_delay=1.0,
                        on_gap=gaps.append) as client:
         gone = await _answered(client, balancer, "user/2002")
         kept = await _answered(client, balancer, "user/2005")
@@ -63,6 +63,10 @@ async def test_leg_hung_up_in_a_gap_ends_after_the_reconnect(fs: FreeSwitchSimul
 
         _drop_connections(fs)
         fs.channels[gone.uuid].hangup()
+        async with asyncio.timeout(WAIT):
+            while gone.uuid in fs.channels:
+                await asyncio.sleep(0.01)
+        assert not gaps and not gone.is_gone  # torn down while nobody was listening
 
         async def gone_uncounted() -> bool:
             return await balancer.get_count("user/2002") == 0
