@@ -208,3 +208,16 @@ async def test_close_fails_waiting_callers(backend: RedisBackend) -> None:
     with pytest.raises(GenesisError):
         await asyncio.wait_for(waiting, WAIT)
     await backend.release("q", "holder")
+
+
+async def test_two_callers_waiting_with_one_item_id_both_get_an_answer(
+    backend: RedisBackend,
+) -> None:
+    # A caller's mistake, but it must not leave one of them waiting forever.
+    await backend.wait_and_acquire("q", "holder", 1, WAIT)
+    twins = [asyncio.create_task(backend.wait_and_acquire("q", "same", 1, None))
+             for _ in range(2)]
+    await asyncio.sleep(0.2)
+    await backend.release("q", "holder")
+    await asyncio.wait_for(asyncio.gather(*twins), WAIT)
+    await backend.release("q", "same")

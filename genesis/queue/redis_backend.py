@@ -226,7 +226,7 @@ class RedisBackend(QueueBackend):
                 if line is None:
                     line = self._lines[queue_id] = _Line()
                 granted: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-                line.waiters[item_id] = (max_concurrent, granted)
+                line.waiters[granted] = (item_id, max_concurrent)
                 if line.pump is None:
                     line.pump = asyncio.create_task(self._pump(queue_id, line))
                 try:
@@ -238,7 +238,7 @@ class RedisBackend(QueueBackend):
                     raise QueueTimeoutError(
                         f"no slot of queue {queue_id!r} within {timeout} s") from None
                 finally:
-                    line.waiters.pop(item_id, None)
+                    line.waiters.pop(granted, None)
                 if admitted:
                     break
         except BaseException:
@@ -269,17 +269,17 @@ class RedisBackend(QueueBackend):
                     return
                 asked = list(line.waiters.items())
                 args: list[object] = [self._ttl_ms]
-                for item_id, (max_concurrent, _granted) in asked:
+                for _granted, (item_id, max_concurrent) in asked:
                     args += [item_id, max_concurrent]
                 try:
                     results = await self._acquire_many(keys=keys, args=args)
                 except Exception as exc:
                     # Each waiter fails as it would have failed asking on its own.
-                    for _item, (_max, granted) in asked:
+                    for granted, _item in asked:
                         if not granted.done():
                             granted.set_exception(exc)
                     continue
-                for (_item, (_max, granted)), result in zip(asked, results, strict=True):
+                for (granted, _item), result in zip(asked, results, strict=True):
                     # A waiter that gave up meanwhile removes its item itself.
                     if result != 0 and not granted.done():
                         granted.set_result(result == 1)
@@ -306,7 +306,7 @@ class RedisBackend(QueueBackend):
     async def close(self) -> None:
         pumps = []
         for line in list(self._lines.values()):
-            for _max, granted in line.waiters.values():
+            for granted in line.waiters:
                 if not granted.done():
                     granted.set_exception(GenesisError("the queue backend was closed"))
             if line.pump is not None:
@@ -347,8 +347,9 @@ class _Line:
     __slots__ = ("pump", "waiters", "wake")
 
     def __init__(self) -> None:
-        # item id -> (max_concurrent, future set to True on admission, False when the
-        # item is no longer in line and must take its place again).
-        self.waiters: dict[str, tuple[int, asyncio.Future[bool]]] = {}
+        # Each waiter's future (set to True on admission, False when its item is no
+        # longer in line and must take its place again) -> (item id, max_concurrent).
+        # Keyed by the future: two callers waiting with one item id both get an answer.
+        self.waiters: dict[asyncio.Future[bool], tuple[str, int]] = {}
         self.pump: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
