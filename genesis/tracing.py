@@ -113,6 +113,8 @@ class _State:
     spans: EventSpans | None = None
     waiting: set[SpanBatch] = set()
     exit_hook = False
+    # context_switch(), found once.
+    switch: tuple[Callable[[Context], object], Callable[[Any], None]] | None = None
 
 
 def _parse_ratio(text: str | None) -> float:
@@ -232,7 +234,7 @@ class EventSpans:
         self.gap = self.next_gap()
         self._context = context.Context
         self._span_key = _SPAN_KEY
-        self._set, self._reset = _context_switch()
+        self._set, self._reset = context_switch()
         # No current span: the parent of every process_event span, and the context
         # untraced events are dispatched in.
         self._root: Context = context.Context()
@@ -327,14 +329,21 @@ class EventSpans:
         bounded._dict = flattener.flatten(event)
 
 
-def _context_switch() -> tuple[Callable[[Context], object], Callable[[Any], None]]:
+def context_switch() -> tuple[Callable[[Context], object], Callable[[Any], None]]:
     """How a dispatch makes a context current and restores the previous one.
 
     OpenTelemetry's ``attach``/``detach`` are two Python calls deep each; with its default
     runtime context they end in one ContextVar's ``set`` and ``reset``, which are used
     directly. A runtime context configured through ``OTEL_PYTHON_CONTEXT`` keeps the
-    public functions.
+    public functions. Found once, on first use (OpenTelemetry is imported then).
     """
+    switch = _State.switch
+    if switch is None:
+        switch = _State.switch = _find_context_switch()
+    return switch
+
+
+def _find_context_switch() -> tuple[Callable[[Context], object], Callable[[Any], None]]:
     from contextvars import ContextVar
 
     from opentelemetry import context

@@ -25,6 +25,7 @@ from collections.abc import Awaitable
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
+from genesis import tracing
 from genesis.types import EventHandler
 
 if TYPE_CHECKING:
@@ -158,13 +159,12 @@ class Dispatcher:
                     if trace_context is None:
                         await awaitable
                     else:
-                        from opentelemetry import context
-
-                        token = context.attach(trace_context)
+                        set_context, reset_context = tracing.context_switch()
+                        token = set_context(trace_context)
                         try:
                             await awaitable
                         finally:
-                            context.detach(token)
+                            reset_context(token)
                 except Exception:
                     logger.exception("async event handler failed")
                 finally:
