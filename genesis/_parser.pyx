@@ -2146,28 +2146,18 @@ cdef class HeaderFlattener:
             self._by_slot[slot] = key
         return key
 
-    def flatten(self, ESLEvent event, dict into=None):
-        """``event.name``, ``event.uuid``, then ``event.header.<snake_case>`` in wire order.
-
-        ``into``, an empty dict, is filled and returned instead of a new one (a span's
-        own attribute table, which then needs no copy).
-        """
+    def flatten(self, ESLEvent event):
+        """``event.name``, ``event.uuid``, then ``event.header.<snake_case>`` in wire order."""
         cdef dict attrs
         cdef Py_ssize_t limit = self.max_attributes
-        if into is not None:
-            if into:
-                raise ValueError("flatten(into=...) needs an empty dict")
-            attrs = into
-        elif limit <= 0:
+        if limit <= 0:
             return {}
-        elif event._dict is None and self._allow is None:
+        if event._dict is None and self._allow is None:
             # Every line is recorded: one allocation for the whole table.
             event._need_lines()
             attrs = _PyDict_NewPresized(min(limit, event._nlines + 2))
         else:
             attrs = {}
-        if limit <= 0:
-            return attrs
         name = event.name
         if name is not None:
             attrs["event.name"] = name

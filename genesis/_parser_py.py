@@ -896,17 +896,10 @@ class HeaderFlattener:
             self._keys[header] = key
         return key
 
-    def flatten(self, event: ESLEvent, into: dict[str, Attribute] | None = None
-                ) -> dict[str, Attribute]:
-        """``event.name``, ``event.uuid``, then ``event.header.<snake_case>`` in wire order.
-
-        ``into``, an empty dict, is filled and returned instead of a new one (a span's
-        own attribute table, which then needs no copy).
-        """
+    def flatten(self, event: ESLEvent) -> dict[str, Attribute]:
+        """``event.name``, ``event.uuid``, then ``event.header.<snake_case>`` in wire order."""
         limit = self.max_attributes
-        if into is not None and into:
-            raise ValueError("flatten(into=...) needs an empty dict")
-        attributes: dict[str, Attribute] = {} if into is None else into
+        attributes: dict[str, Attribute] = {}
         if limit <= 0:
             return attributes
         name = event.name

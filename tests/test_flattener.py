@@ -124,13 +124,3 @@ def test_twins_flatten_the_corpus_alike(corpus: Path, capture: str) -> None:
         assert [flattener.flatten(m) for m in compiled.Parser().feed(data)] == expected
         # The comparison saw real events: every header, or the allowlisted few.
         assert any(len(a) > (60 if allowlist is None else 3) for a in expected)
-
-
-def test_flatten_into_fills_the_given_table(twin: ModuleType) -> None:
-    event = _parsed(twin, b"Event-Name: E\nUnique-ID: u\nA: 1\n")
-    table: dict[str, Any] = {}
-    flattener = twin.HeaderFlattener()
-    assert flattener.flatten(event, table) is table
-    assert table == flattener.flatten(event)
-    with pytest.raises(ValueError, match="empty"):
-        flattener.flatten(event, {"x": "y"})
