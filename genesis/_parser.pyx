@@ -600,7 +600,9 @@ cdef inline object _value_ahead(const char* base, uint32_t* s, bint urlenc, bint
     if hashed and n <= _VALUE_CACHE_MAX_LEN:
         first = base[s[2]] if n else 0
         # Decoding only turns "%41" into "A" and never lengthens: a value that cannot
-        # decode to "ARRAY::..." is not looked at again.
+        # decode to "ARRAY::..." is not looked at again. Each branch returns the call
+        # itself: a local holding the str costs 1.2k instructions per event in
+        # reference counting (callgrind, dict(event) over plain.bin).
         if n < 7 or (first != 65 and first != 37):
             return _value_hashed(base + s[2], n, h)
         return _split_value(_value_hashed(base + s[2], n, h))
