@@ -191,13 +191,12 @@ def test_no_running_loop_hands_over_at_once(exporter: InMemorySpanExporter) -> N
 
 
 async def test_a_batch_is_started_then_attributed_then_ended_in_passes(
-    monkeypatch: pytest.MonkeyPatch,
+    exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each pass over a batch runs one kind of code; an SDK span reaches its EventSpan
     (and so any other thread) only once its attributes are in."""
     from opentelemetry.sdk.trace import SpanProcessor
 
-    exporter, provider = install_sdk(monkeypatch)
     seen: list[tuple[str, int]] = []
 
     class Order(SpanProcessor):
@@ -207,36 +206,31 @@ async def test_a_batch_is_started_then_attributed_then_ended_in_passes(
         def on_end(self, span: ReadableSpan) -> None:
             seen.append(("end", len(span.attributes or {})))
 
-    provider.add_span_processor(Order())
-    monkeypatch.setattr(tracing, "BATCH_DELAY", 60.0)
-    tracing.configure(event_span_ratio=1.0)
-    try:
-        spans = tracing.event_spans()
-        assert spans is not None
-        batch = tracing.SpanBatch()
-        handed: list[tuple[bool, int]] = []
-        pending: list[EventSpan] = []
-        attribute = tracing.EventSpans.attribute
+    trace.get_tracer_provider().add_span_processor(Order())  # type: ignore[attr-defined]
+    spans = tracing.event_spans()
+    assert spans is not None
+    batch = tracing.SpanBatch()
+    handed: list[tuple[bool, int]] = []
+    pending: list[EventSpan] = []
+    attribute = tracing.EventSpans.attribute
 
-        def watched(self: tracing.EventSpans, real: trace.Span, event: ESLEvent) -> None:
-            attribute(self, real, event)
-            # Not yet handed to its EventSpan: no other thread can reach it unattributed.
-            attributes = real.attributes  # type: ignore[attr-defined]
-            handed.append((any(s._real is real for s in pending), len(attributes)))
+    def watched(self: tracing.EventSpans, real: trace.Span, event: ESLEvent) -> None:
+        attribute(self, real, event)
+        # Not yet handed to its EventSpan: no other thread can reach it unattributed.
+        attributes = real.attributes  # type: ignore[attr-defined]
+        handed.append((any(s._real is real for s in pending), len(attributes)))
 
-        monkeypatch.setattr(tracing.EventSpans, "attribute", watched)
-        events = [e for f in EVENT_FRAMES[:5] for e in Parser().feed(f)]
-        for event in events:
-            spans.dispatch(Dispatcher(), event, event.name, batch)
-        pending.extend(batch._pending)
-        assert len(pending) == 5
-        batch.flush()
-        assert [kind for kind, _ in seen] == ["start"] * 5 + ["end"] * 5
-        assert all(count == 0 for kind, count in seen if kind == "start")
-        ended = [count for kind, count in seen if kind == "end"]
-        assert all(count > 10 for count in ended)
-        assert [(False, count) for count in ended] == handed
-        assert all(span._real is not None for span in pending)
-        assert len(event_spans(exporter)) == 5
-    finally:
-        tracing.configure(from_environment=True)
+    monkeypatch.setattr(tracing.EventSpans, "attribute", watched)
+    events = [e for f in EVENT_FRAMES[:5] for e in Parser().feed(f)]
+    for event in events:
+        spans.dispatch(Dispatcher(), event, event.name, batch)
+    pending.extend(batch._pending)
+    assert len(pending) == 5
+    batch.flush()
+    assert [kind for kind, _ in seen] == ["start"] * 5 + ["end"] * 5
+    assert all(count == 0 for kind, count in seen if kind == "start")
+    ended = [count for kind, count in seen if kind == "end"]
+    assert all(count > 10 for count in ended)
+    assert [(False, count) for count in ended] == handed
+    assert all(span._real is not None for span in pending)
+    assert len(event_spans(exporter)) == 5
