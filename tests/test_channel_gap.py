@@ -43,9 +43,9 @@ def _drop_connections(fs: FreeSwitchSimulator) -> None:
         listener.abort()
 
 
-async def _until(condition: object) -> None:
+async def _until_counted(balancer: InMemoryLoadBalancer, target: str, count: int) -> None:
     async with asyncio.timeout(WAIT):
-        while not await condition():  # type: ignore[operator]
+        while await balancer.get_count(target) != count:
             await asyncio.sleep(0.01)
 
 
@@ -68,10 +68,7 @@ async def test_leg_hung_up_in_a_gap_ends_after_the_reconnect(fs: FreeSwitchSimul
                 await asyncio.sleep(0.01)
         assert not gaps and not gone.is_gone  # torn down while nobody was listening
 
-        async def gone_uncounted() -> bool:
-            return await balancer.get_count("user/2002") == 0
-
-        await _until(gone_uncounted)
+        await _until_counted(balancer, "user/2002", 0)
         assert len(gaps) == 1
         assert gone.is_gone and gone.hangup_cause is None and ended == [gone]
         assert await gone.wait(ChannelState.EXECUTE, timeout=WAIT) is None  # at once
@@ -79,11 +76,7 @@ async def test_leg_hung_up_in_a_gap_ends_after_the_reconnect(fs: FreeSwitchSimul
         assert not kept.is_gone and await balancer.get_count("user/2005") == 1
         await kept.hangup()
         await kept.wait(ChannelState.HANGUP, timeout=WAIT)
-
-        async def kept_uncounted() -> bool:
-            return await balancer.get_count("user/2005") == 0
-
-        await _until(kept_uncounted)
+        await _until_counted(balancer, "user/2005", 0)
         assert kept.hangup_cause == "NORMAL_CLEARING" and ended == [gone, kept]
 
 
@@ -97,11 +90,7 @@ async def test_legs_of_a_connection_ended_for_good_are_no_longer_counted(
     waiting = asyncio.ensure_future(leg.wait("CHANNEL_BRIDGE", timeout=WAIT))
     await asyncio.sleep(0)
     _drop_connections(fs)
-
-    async def uncounted() -> bool:
-        return await balancer.get_count("user/2002") == 0
-
-    await _until(uncounted)
+    await _until_counted(balancer, "user/2002", 0)
     assert await asyncio.wait_for(waiting, WAIT) is None  # the wait ended with it
     # Nobody saw it hang up (the call is still up in FreeSWITCH): it is only unfollowed.
     assert not leg.is_gone and leg.uuid in fs.channels
@@ -116,11 +105,7 @@ async def test_stop_unfollows_the_legs_of_the_connection(fs: FreeSwitchSimulator
         ended: list[Channel] = []
         leg.add_end_callback(ended.append)
     assert ended == [leg]
-
-    async def uncounted() -> bool:
-        return await balancer.get_count("user/2002") == 0
-
-    await _until(uncounted)
+    await _until_counted(balancer, "user/2002", 0)
 
 
 async def test_legs_rung_from_an_outbound_session_outlive_its_connection_uncounted(
@@ -143,18 +128,14 @@ async def test_legs_rung_from_an_outbound_session_outlive_its_connection_uncount
         fs.route("5000", socket=f"127.0.0.1:{server.addresses[0][1]} async full")
         await fs.place_call("5000", caller="1000")
 
-        async def counted() -> bool:
-            return bool(legs) and await balancer.get_count("user/2002") == 1
-
-        await _until(counted)
+        async with asyncio.timeout(WAIT):
+            while not legs:
+                await asyncio.sleep(0.01)
+        await _until_counted(balancer, "user/2002", 1)
         for listener in list(fs.listeners):
             if listener.outbound:
                 listener.abort()
-
-        async def uncounted() -> bool:
-            return await balancer.get_count("user/2002") == 0
-
-        await _until(uncounted)
+        await _until_counted(balancer, "user/2002", 0)
         assert legs[0].uuid in fs.channels and not legs[0].is_gone
     finally:
         release.set()
