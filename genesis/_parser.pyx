@@ -269,17 +269,18 @@ _ARRAY_SEP = "|:"
 cdef struct _NameSlot:
     uint64_t hash
     PyObject* text
-    const char* utf8
     uint32_t length
+    # The last ``ESLEvent._list`` pass that met this name (a slot met twice in one
+    # pass is a repeated header name) and the cell it got in that pass. Kept in the
+    # slot, whose cache line the lookup has just loaded, not in arrays of their own:
+    # those cost a cache miss per header line.
+    uint32_t seen
+    uint32_t cell
     # A name this short is confirmed here, in the slot's cache line, without
     # reading the str object: a hit then costs one memory access, not two.
     char raw[_NAME_INLINE]
 
 cdef _NameSlot _name_cache[_NAME_CACHE_SIZE]
-# Per cache slot, the last ``ESLEvent._list`` pass that met its name (a slot met
-# twice in one pass is a repeated header name) and the cell it got in that pass.
-cdef uint32_t _name_seen[_NAME_CACHE_SIZE]
-cdef uint32_t _name_cell[_NAME_CACHE_SIZE]
 cdef uint32_t _name_pass = 0
 
 
@@ -327,21 +328,32 @@ cdef inline uint64_t _hash_name(const char* p, Py_ssize_t n) noexcept nogil:
 
 
 cdef inline bint _same(const char* a, const char* b, Py_ssize_t n) noexcept nogil:
-    """memcmp(a, b, n) == 0 for the short strings the caches confirm, without a call."""
-    cdef Py_ssize_t i = 0
+    """memcmp(a, b, n) == 0 for the short strings the caches confirm, without a call.
+
+    Overlapping windows, OR-ed together and tested once: the lengths of consecutive
+    header names and values vary at random, so a loop whose trip count follows the
+    length would mispredict its exit on nearly every line.
+    """
+    cdef uint64_t d
+    cdef Py_ssize_t i
     if n < 8:
         if n >= 4:
-            return _load4(a) == _load4(b) and _load4(a + n - 4) == _load4(b + n - 4)
+            return ((_load4(a) ^ _load4(b)) | (_load4(a + n - 4) ^ _load4(b + n - 4))) == 0
+        i = 0
         while i < n:
             if a[i] != b[i]:
                 return False
             i += 1
         return True
-    while i + 8 <= n:
-        if _load8(a + i) != _load8(b + i):
-            return False
-        i += 8
-    return i == n or _load8(a + n - 8) == _load8(b + n - 8)
+    d = (_load8(a) ^ _load8(b)) | (_load8(a + n - 8) ^ _load8(b + n - 8))
+    if n > 16:
+        d |= ((_load8(a + 8) ^ _load8(b + 8))
+              | (_load8(a + n - 16) ^ _load8(b + n - 16)))
+        i = 16
+        while i < n - 16:
+            d |= _load8(a + i) ^ _load8(b + i)
+            i += 8
+    return d == 0
 
 
 cdef inline str _decode_bytes(const char* p, Py_ssize_t n):
@@ -424,11 +436,11 @@ cdef Py_ssize_t _name_probe(const char* p, Py_ssize_t n, uint64_t h) except -2:
             e.hash = h
             e.length = <uint32_t>n
             e.text = obj
-            e.utf8 = PyUnicode_AsUTF8AndSize(<object>obj, &ulen)
             memcpy(e.raw, p, n if n < _NAME_INLINE else _NAME_INLINE)
             return slot
         if e.hash == h and e.length == n and (
-                _same(e.raw, p, n) if n <= _NAME_INLINE else _same(e.utf8, p, n)):
+                _same(e.raw, p, n) if n <= _NAME_INLINE
+                else _same(PyUnicode_AsUTF8AndSize(<object>e.text, &ulen), p, n)):
             return slot
     return -1
 
@@ -565,12 +577,14 @@ cdef inline object _line_value(const char* base, uint32_t* s, bint urlenc):
 
 
 cdef uint32_t _begin_name_pass() noexcept:
-    """A new pass number for the repeat marks in ``_name_seen``."""
+    """A new pass number for the repeat marks (``_NameSlot.seen``)."""
     global _name_pass
+    cdef Py_ssize_t i
     _name_pass += 1
     if _name_pass == 0:
         # Wrapped after 2**32 passes: stale marks could pass for this pass.
-        memset(_name_seen, 0, sizeof(_name_seen))
+        for i in range(_NAME_CACHE_SIZE):
+            _name_cache[i].seen = 0
         _name_pass = 1
     return _name_pass
 
@@ -980,9 +994,9 @@ cdef class ESLEvent:
                 # message: the marks are its now. Leave this one to _materialize.
                 self._drop_cells()
                 return False
-            if _name_seen[slot] == this_pass:
+            if _name_cache[slot].seen == this_pass:
                 # A repeated name: one list in wire order, at its first cell.
-                cell = _name_cell[slot]
+                cell = _name_cache[slot].cell
                 merged = _merge(self._cell_value(cell), value)
                 Py_XDECREF(cells[2 * cell + 1])
                 cells[2 * cell + 1] = NULL
@@ -991,8 +1005,8 @@ cdef class ESLEvent:
                 self._arrays[cell] = merged
                 continue
             cell = self._ncells
-            _name_seen[slot] = this_pass
-            _name_cell[slot] = <uint32_t>cell
+            _name_cache[slot].seen = this_pass
+            _name_cache[slot].cell = <uint32_t>cell
             cells[2 * cell] = _name_cache[slot].text
             if type(value) is str:
                 Py_INCREF(value)
@@ -2207,8 +2221,8 @@ cdef class HeaderFlattener:
             if slot < 0:
                 return self._restart(attrs, mark)
             key = self._slot_key(slot)
-            repeated = _name_seen[slot] == this_pass
-            _name_seen[slot] = this_pass
+            repeated = _name_cache[slot].seen == this_pass
+            _name_cache[slot].seen = this_pass
             if key == <PyObject*>None:
                 continue
             if room <= 0:
