@@ -302,29 +302,28 @@ cdef inline uint64_t _hash_name(const char* p, Py_ssize_t n) noexcept nogil:
 
     Header names share long prefixes (``Caller-Channel-...``) but differ in
     length or near the end; a byte-serial hash would cost more than the decoding
-    it saves. Collisions only cost a probe: every hit is confirmed by memcmp.
+    it saves. Each window is multiplied by its own constant and the products are
+    combined before one final mix, so the multiplications run side by side
+    instead of one after another. Collisions only cost a probe: every hit is
+    confirmed by comparing the bytes.
     """
     cdef uint64_t h = <uint64_t>n * 0x9E3779B97F4A7C15ULL
     if n >= 8:
-        h ^= _load8(p)
-        h = (h ^ (h >> 29)) * 0xBF58476D1CE4E5B9ULL
-        h ^= _load8(p + (n >> 1) - 4 if n >= 16 else p)
-        h = (h ^ (h >> 29)) * 0xBF58476D1CE4E5B9ULL
-        h ^= _load8(p + n - 8)
+        h ^= (_load8(p) * 0xBF58476D1CE4E5B9ULL
+              ^ _load8(p + (n >> 1) - 4) * 0x94D049BB133111EBULL
+              ^ _load8(p + n - 8) * 0xD6E8FEB86659FD93ULL)
         if n > 24:
             # Values up to 40 bytes are cached (UUIDs): two more windows cover them.
-            h = (h ^ (h >> 29)) * 0xBF58476D1CE4E5B9ULL
-            h ^= _load8(p + 8)
-            h = (h ^ (h >> 29)) * 0xBF58476D1CE4E5B9ULL
-            h ^= _load8(p + n - 16)
+            h ^= (_load8(p + 8) * 0xC2B2AE3D27D4EB4FULL
+                  ^ _load8(p + n - 16) * 0x165667B19E3779F9ULL)
     elif n >= 4:
         # Two overlapping 4-byte windows hold every byte of a short value ("true", "8000").
-        h ^= <uint64_t>_load4(p) | (<uint64_t>_load4(p + n - 4) << 32)
+        h ^= (<uint64_t>_load4(p) | (<uint64_t>_load4(p + n - 4) << 32)) * 0xBF58476D1CE4E5B9ULL
     elif n > 0:
         h ^= (<uint64_t><unsigned char>p[0] | (<uint64_t><unsigned char>p[n >> 1] << 8)
-              | (<uint64_t><unsigned char>p[n - 1] << 16))
-    h = (h ^ (h >> 31)) * 0x94D049BB133111EBULL
-    return h ^ (h >> 32)
+              | (<uint64_t><unsigned char>p[n - 1] << 16)) * 0xBF58476D1CE4E5B9ULL
+    h = (h ^ (h >> 32)) * 0x94D049BB133111EBULL
+    return h ^ (h >> 29)
 
 
 cdef inline bint _same(const char* a, const char* b, Py_ssize_t n) noexcept nogil:
