@@ -41,8 +41,11 @@ untraced. A handler that changes the event before then changes the recorded attr
 Trace shape: a connection lives for days and receives millions of events, and a trace is
 meant to be one operation; backends cannot show (or even store) a trace that grows for a
 week. So each ``process_event`` span is the root of its own trace, started from an explicit
-empty context, and carries an OpenTelemetry Link to the connection's span
-(``inbound_connect`` / ``outbound_handle_connection``) so the relation is kept. While the
+empty context. Its headers name the FreeSWITCH that sent it (``event.header.core_uuid``,
+``event.header.freeswitch_hostname``); with ``GENESIS_EVENT_SPAN_LINKS`` it also carries an
+OpenTelemetry Link to its connection's span (``inbound_connect`` /
+``outbound_handle_connection``). That is opt-in because the SDK builds a link's containers
+anew for every span: about a third of what starting and ending the span costs. While the
 engine dispatches a chunk, the current context is that empty one (untraced events' handlers
 start root spans, never children of the connection span) or, for a traced event, its
 ``process_event`` span; an async handler's coroutine runs later on a worker task, inside
@@ -52,7 +55,9 @@ the context its event had (the dispatcher keeps it with the queued coroutine). C
 Knobs, read on first use and settable with :func:`configure`:
 ``GENESIS_EVENT_SPAN_RATIO`` (0.0-1.0, default 1.0): share of events with a span;
 ``GENESIS_EVENT_SPAN_HEADERS`` (comma separated header names): the only headers recorded as
-``event.header.*`` (default: every header, capped at 128 attributes). The ratio is decided
+``event.header.*`` (default: every header, capped at 128 attributes);
+``GENESIS_EVENT_SPAN_LINKS`` (``1``/``true``/``yes``/``on``, default off): link each
+``process_event`` span to its connection's span. The ratio is decided
 before OpenTelemetry is touched; an SDK sampler decides only after an SDK span was started,
 so it is the ratio that makes unsampled events free. :func:`flush` hands pending event spans
 to the SDK at once (before ``force_flush()`` in a test or at a custom shutdown).
@@ -107,6 +112,7 @@ class _State:
     trace_api: Any = None
     ratio: float | None = None
     headers: tuple[str, ...] | None = None
+    links = False
     provider: object = None
     tracer: Tracer | None = None
     flattener: HeaderFlattener | None = None
@@ -134,20 +140,32 @@ def _parse_headers(text: str | None) -> tuple[str, ...] | None:
     return tuple(h.strip() for h in text.split(",") if h.strip())
 
 
+def _parse_flag(text: str | None) -> bool:
+    return text is not None and text.strip().lower() in ("1", "true", "yes", "on")
+
+
 def configure(
     *,
     event_span_ratio: float | None = None,
     event_span_headers: list[str] | tuple[str, ...] | None = None,
+    event_span_links: bool | None = None,
     from_environment: bool = False,
 ) -> None:
-    """Set the event span ratio and header allowlist (``from_environment`` re-reads both)."""
-    if from_environment:
+    """Set the event span ratio, header allowlist and connection links.
+
+    The environment is read first (again with ``from_environment``): a knob passed here
+    overrides its variable without hiding the variables of the other knobs.
+    """
+    if from_environment or _State.ratio is None:
         _State.ratio = _parse_ratio(os.environ.get("GENESIS_EVENT_SPAN_RATIO"))
         _State.headers = _parse_headers(os.environ.get("GENESIS_EVENT_SPAN_HEADERS"))
+        _State.links = _parse_flag(os.environ.get("GENESIS_EVENT_SPAN_LINKS"))
     if event_span_ratio is not None:
         _State.ratio = min(1.0, max(0.0, float(event_span_ratio)))
     if event_span_headers is not None:
         _State.headers = tuple(event_span_headers) or None
+    if event_span_links is not None:
+        _State.links = bool(event_span_links)
     _State.flattener = None
     _State.spans = None
 
@@ -183,7 +201,7 @@ def tracer() -> Tracer | None:
 
 
 def connection_links(span: Span) -> tuple[Link, ...]:
-    """The links every ``process_event`` span of a connection carries: to ``span``.
+    """The links a connection's ``process_event`` spans carry when links are on: to ``span``.
 
     Built once per connection; the tuple and its Link are shared by all its event spans.
     """
@@ -209,6 +227,7 @@ class EventSpans:
         "_context",
         "_event_span",
         "_flattener",
+        "_link",
         "_reset",
         "_root",
         "_set",
@@ -219,7 +238,8 @@ class EventSpans:
         "gap",
     )
 
-    def __init__(self, tracer_: Tracer, ratio: float, flattener: HeaderFlattener) -> None:
+    def __init__(self, tracer_: Tracer, ratio: float, flattener: HeaderFlattener,
+                 link: bool) -> None:
         # OpenTelemetry is imported here, once an SDK is installed, not with Genesis.
         from opentelemetry import context
         from opentelemetry.trace.propagation import _SPAN_KEY
@@ -229,6 +249,7 @@ class EventSpans:
         self._event_span = EventSpan
         self._tracer = tracer_
         self._flattener = flattener
+        self._link = link
         self._step = max(1, round(ratio * SPAN_UNIT))
         self._accumulator = 0
         self.gap = self.next_gap()
@@ -273,7 +294,7 @@ class EventSpans:
         empty root: the span's context is built directly, as ``set_span_in_context``
         would build it from the root.
         """
-        span = self._event_span(self, event, batch.links, time_ns())
+        span = self._event_span(self, event, batch.links if self._link else (), time_ns())
         context = self._context({self._span_key: span})
         token = self._set(context)
         dispatcher.trace_context = context
@@ -479,7 +500,7 @@ def event_spans() -> EventSpans | None:
         from genesis.protocol.parser import HeaderFlattener
 
         flattener = _State.flattener = HeaderFlattener(_State.headers)
-    spans = _State.spans = EventSpans(tracer_, ratio, flattener)
+    spans = _State.spans = EventSpans(tracer_, ratio, flattener, _State.links)
     if not _State.exit_hook:
         # Registered after the SDK provider registered its shutdown, so it runs first.
         _State.exit_hook = True

@@ -172,6 +172,8 @@ def test_no_sdk_provider_means_no_tracer(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 async def test_outbound_span_has_real_peer(exporter: InMemorySpanExporter) -> None:
+    tracing.configure(event_span_links=True)
+
     async def handler(session: Session) -> None:
         await session.sendmsg("execute", "answer", block=True, timeout=2)
 
@@ -200,7 +202,7 @@ async def test_outbound_span_has_real_peer(exporter: InMemorySpanExporter) -> No
 async def test_event_spans_are_roots_linked_to_the_connection(
     exporter: InMemorySpanExporter, server: ESLServer
 ) -> None:
-    tracing.configure(event_span_ratio=0.5, event_span_headers=())
+    tracing.configure(event_span_ratio=0.5, event_span_headers=(), event_span_links=True)
     tracer = trace.get_tracer_provider().get_tracer("user")
     untraced: list[trace.SpanContext] = []
 
@@ -286,3 +288,41 @@ async def test_commands_sent_by_handlers_belong_to_their_event(
             else:
                 assert span.parent is None, reply
     assert 0 < traced < 2 * len(current)
+
+
+@pytest.mark.parametrize("setting", [None, "0", "1"])
+async def test_event_span_links_are_opt_in(
+    exporter: InMemorySpanExporter, server: ESLServer, monkeypatch: pytest.MonkeyPatch,
+    setting: str | None,
+) -> None:
+    if setting is None:
+        monkeypatch.delenv("GENESIS_EVENT_SPAN_LINKS", raising=False)
+    else:
+        monkeypatch.setenv("GENESIS_EVENT_SPAN_LINKS", setting)
+    tracing.configure(from_environment=True)
+    tracing.configure(event_span_ratio=1.0)
+    async with Inbound("127.0.0.1", server.port, PASSWORD, timeout=2) as client:
+        seen: list[str] = []
+        client.on("*", lambda event: seen.append(event.name))
+        await client.subscribe("ALL")
+        server.broadcast(b"".join(plain_frames_events()[:5]))
+        await server.wait_for(lambda: len(seen) == 5)
+    tracing.flush()
+    spans = exporter.get_finished_spans()
+    connect = next(s for s in spans if s.name == "inbound_connect")
+    events = [s for s in spans if s.name == "process_event"]
+    assert len(events) == 5
+    expected = [connect.context] if setting == "1" else []
+    assert all([link.context for link in s.links] == expected for s in events)
+
+
+def test_a_knob_set_in_code_keeps_the_other_knobs_environment() -> None:
+    code = ("from genesis import tracing\n"
+            "tracing.configure(event_span_ratio=0.25)\n"
+            "s = tracing._State\n"
+            "print(s.ratio, s.headers, s.links)")
+    env = {"GENESIS_EVENT_SPAN_RATIO": "0.5", "GENESIS_EVENT_SPAN_HEADERS": "Unique-ID",
+           "GENESIS_EVENT_SPAN_LINKS": "yes", "PATH": ""}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.split() == ["0.25", "('Unique-ID',)", "True"]

@@ -136,10 +136,11 @@ class Protocol(asyncio.Protocol):
         return self._dispatcher.paused
 
     def trace_connection(self, span: Span) -> None:
-        """Link this connection's ``process_event`` spans to ``span``, its connection span.
+        """Note ``span``, the connection span, for this connection's ``process_event`` spans.
 
-        Called by whoever opens the connection span (Inbound, the outbound server):
-        event spans are roots of their own traces, so the link is their only tie to it.
+        Called by whoever opens the connection span (Inbound, the outbound server). Event
+        spans are roots of their own traces; with ``GENESIS_EVENT_SPAN_LINKS`` on they
+        carry a link to this span.
         """
         self._span_batch.links = tracing.connection_links(span)
 
