@@ -2213,6 +2213,15 @@ cdef class HeaderFlattener:
             j = i + _AHEAD
             if j < n:
                 _hash_ahead(base, event._lines + j * _SLOT, j, name_h, value_h, values_ahead)
+                __builtin_prefetch(&self._by_slot[name_h[j & (_RING - 1)] & (_NAME_CACHE_SIZE - 1)])
+            j = i + _AHEAD // 2
+            if 0 <= j < n:
+                # The slots prefetched above have arrived: prefetch the objects they point
+                # to (a dict insert touches both key and value).
+                __builtin_prefetch(self._by_slot[name_h[j & (_RING - 1)] & (_NAME_CACHE_SIZE - 1)])
+                if values_ahead:
+                    __builtin_prefetch(
+                        _value_cache[value_h[j & (_RING - 1)] & (_VALUE_CACHE_SIZE - 1)].text)
             if i < 0:
                 continue
             s = event._lines + i * _SLOT
