@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "freeswitch-1.10.12"
+from capture import CORPUS
 
 
 @pytest.fixture(scope="session")

@@ -29,18 +29,17 @@ import socket
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
 import uvloop
+from capture import event_frames
 
 import genesis
 from genesis import tracing
 from genesis.consumer import Consumer
 from genesis.protocol.parser import ESLEvent
 
-CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "freeswitch-1.10.12"
 REPEAT = 20
 ROUNDS = 7
 PAIRED_ROUNDS = 11
@@ -49,25 +48,6 @@ RESULTS: dict[str, float] = {}
 ALLOWLIST = ["Channel-State", "Channel-Call-State", "Answer-State", "Call-Direction",
              "Hangup-Cause", "Caller-Caller-ID-Number", "Caller-Destination-Number",
              "Application", "Job-UUID"]
-
-
-def event_frames() -> list[bytes]:
-    """The text/event-plain frames of plain.bin, cut by their Content-Length."""
-    data = (CORPUS / "plain.bin").read_bytes()
-    frames = []
-    pos = 0
-    while pos < len(data):
-        end = data.find(b"\n\n", pos)
-        head = data[pos:end]
-        length = 0
-        for line in head.split(b"\n"):
-            if line.startswith(b"Content-Length: "):
-                length = int(line[16:])
-        stop = end + 2 + length
-        if b"Content-Type: text/event-plain" in head:
-            frames.append(data[pos:stop])
-        pos = stop
-    return frames
 
 
 def _blaster(listener: socket.socket, block: bytes) -> None:

@@ -12,58 +12,28 @@ Run: ``.venv/bin/python -m pytest bench/test_flatten_bench.py --benchmark-only``
 
 from __future__ import annotations
 
-import importlib
-import os
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from capture import event_frames, parser_twin
 
 # More than this machine's shared L3 (32 MiB): every line the flattener needs is evicted.
 EVICT = 48 << 20
 
 
-def _twin(name: str) -> ModuleType:
-    if name == "python":
-        return importlib.import_module("genesis._parser_py")
-    if os.environ.get("GENESIS_NO_EXTENSIONS") == "1":
-        pytest.skip("GENESIS_NO_EXTENSIONS=1: the compiled twin is disabled on purpose")
-    return importlib.import_module("genesis._parser")
-
-
-def _event_frames(corpus: Path) -> list[bytes]:
-    """The text/event-plain frames of plain.bin, whole."""
-    data = (corpus / "plain.bin").read_bytes()
-    frames = []
-    pos = 0
-    while pos < len(data):
-        end = data.find(b"\n\n", pos)
-        head = data[pos:end]
-        length = 0
-        for line in head.split(b"\n"):
-            if line.startswith(b"Content-Length: "):
-                length = int(line[16:])
-        stop = end + 2 + length
-        if b"Content-Type: text/event-plain" in head:
-            frames.append(data[pos:stop])
-        pos = stop
-    return frames
-
-
 @pytest.mark.parametrize("caches", ["warm", "evicted"])
 @pytest.mark.parametrize("impl", ["compiled", "python"])
-def test_flatten(benchmark: Any, corpus: Path, impl: str, caches: str) -> None:
-    twin = _twin(impl)
-    frames = _event_frames(corpus)
-    flattener = twin.HeaderFlattener(None)
+def test_flatten(benchmark: Any, impl: str, caches: str) -> None:
+    parser = parser_twin(impl)
+    frames = event_frames()
+    flattener = parser.HeaderFlattener(None)
     junk = bytearray(EVICT)
     zeros = bytes(len(junk[::64]))
     count = [0]
 
     def routed() -> Any:
         """A fresh event of the capture, routed as the engine routes it."""
-        (event,) = twin.Parser().feed(frames[count[0] % len(frames)])
+        (event,) = parser.Parser().feed(frames[count[0] % len(frames)])
         count[0] += 7
         assert event.name is not None
         event.get("Unique-ID")

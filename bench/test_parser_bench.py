@@ -13,7 +13,6 @@ Run: ``.venv/bin/python -m pytest bench/test_parser_bench.py --benchmark-only``.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import statistics
@@ -26,18 +25,11 @@ from urllib.parse import unquote
 from xml.etree import ElementTree
 
 import pytest
+from capture import parser_twin
 
 CHUNK = 64 * 1024
 FILES = ["plain", "json", "xml"]
 EVENTS = {"plain": 1347, "json": 1345, "xml": 1348}
-
-
-def _twin(name: str) -> ModuleType:
-    if name == "python":
-        return importlib.import_module("genesis._parser_py")
-    if os.environ.get("GENESIS_NO_EXTENSIONS") == "1":
-        pytest.skip("GENESIS_NO_EXTENSIONS=1: the compiled twin is disabled on purpose")
-    return importlib.import_module("genesis._parser")
 
 
 def _chunks(data: bytes) -> list[bytes]:
@@ -128,7 +120,7 @@ def _record(benchmark: Any, size: int, events: int) -> None:
 @pytest.mark.parametrize("mode", ["route", "materialize"])
 @pytest.mark.parametrize("impl", ["compiled", "python"])
 def test_parse(benchmark: Any, corpus: Path, fmt: str, mode: str, impl: str) -> None:
-    twin = _twin(impl)
+    twin = parser_twin(impl)
     data = (corpus / f"{fmt}.bin").read_bytes()
     chunks = _chunks(data)
     run: Callable[[ModuleType, list[bytes]], int] = _route if mode == "route" else _materialize
@@ -160,7 +152,7 @@ def test_plain_ratios_paired(benchmark: Any, corpus: Path) -> None:
     """
     if os.environ.get("GENESIS_NO_EXTENSIONS") == "1":
         pytest.skip("GENESIS_NO_EXTENSIONS=1: the compiled twin is disabled on purpose")
-    twin = _twin("compiled")
+    twin = parser_twin("compiled")
     chunks = _chunks((corpus / "plain.bin").read_bytes())
 
     def best_of_3(run: Callable[[], object]) -> float:
