@@ -46,6 +46,23 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 """
 
+# The grant rule, shared by both acquire scripts (KEYS: waiting, beats, active). The item
+# at ``rank`` in line takes a slot when the waiters still ahead of it (``rank`` less the
+# ``ahead`` already granted by this same call) fit in the slots left; else it stays in
+# line with its heartbeat renewed. 1: granted, 0: waiting.
+_GRANT = """
+local function grant(item, rank, ahead, limit, ttl)
+  if rank - ahead < limit - redis.call('ZCARD', KEYS[3]) then
+    redis.call('ZREM', KEYS[1], item)
+    redis.call('ZREM', KEYS[2], item)
+    redis.call('ZADD', KEYS[3], now + ttl, item)
+    return 1
+  end
+  redis.call('ZADD', KEYS[2], now + ttl, item)
+  return 0
+end
+"""
+
 # KEYS: waiting, beats, active, seq. ARGV: item, ttl_ms.
 _ENQUEUE = (
     _NOW
@@ -65,6 +82,7 @@ return 1
 _ACQUIRE = (
     _NOW
     + _PURGE
+    + _GRANT
     + """
 local ttl = tonumber(ARGV[3])
 if redis.call('ZSCORE', KEYS[3], ARGV[1]) then
@@ -76,14 +94,7 @@ if not rank then
   redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[4]), ARGV[1])
   rank = redis.call('ZRANK', KEYS[1], ARGV[1])
 end
-if rank < tonumber(ARGV[2]) - redis.call('ZCARD', KEYS[3]) then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
-  return 1
-end
-redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
-return 0
+return grant(ARGV[1], rank, 0, tonumber(ARGV[2]), ttl)
 """
 )
 
@@ -94,6 +105,7 @@ return 0
 _ACQUIRE_MANY = (
     _NOW
     + _PURGE
+    + _GRANT
     + """
 local ttl = tonumber(ARGV[1])
 local results = {}
@@ -117,18 +129,9 @@ table.sort(order, function(a, b) return a[1] < b[1] end)
 local granted = 0
 for _, entry in ipairs(order) do
   local idx = entry[2]
-  local item = ARGV[idx * 2]
   -- Every item granted before this one was ahead of it in line.
-  if entry[1] - granted < tonumber(ARGV[idx * 2 + 1]) - redis.call('ZCARD', KEYS[3]) then
-    redis.call('ZREM', KEYS[1], item)
-    redis.call('ZREM', KEYS[2], item)
-    redis.call('ZADD', KEYS[3], now + ttl, item)
-    granted = granted + 1
-    results[idx] = 1
-  else
-    redis.call('ZADD', KEYS[2], now + ttl, item)
-    results[idx] = 0
-  end
+  results[idx] = grant(ARGV[idx * 2], entry[1], granted, tonumber(ARGV[idx * 2 + 1]), ttl)
+  granted = granted + results[idx]
 end
 return results
 """
