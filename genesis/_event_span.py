@@ -36,8 +36,10 @@ class EventSpan(Span):
 
     __slots__ = ("_event", "_links", "_real", "_spans", "_start", "end_time")
 
-    def __init__(self, spans: EventSpans, event: ESLEvent, links: tuple[Link, ...],
+    def __init__(self, spans: EventSpans, event: ESLEvent | None, links: tuple[Link, ...],
                  start_time: int) -> None:
+        # Made ahead (EventSpans.prepare), a span gets its event and start time when its
+        # event is dispatched.
         self._spans = spans
         self._event: ESLEvent | None = event
         self._links = links

@@ -292,10 +292,17 @@ class EventSpans:
         handlers return. Handler errors never reach here (the dispatcher logs them).
         Called between :meth:`enter` and :meth:`leave`, where the current context is the
         empty root: the span's context is built directly, as ``set_span_in_context``
-        would build it from the root.
+        would build it from the root. The span and its context are fresh objects that
+        :meth:`prepare` usually made ahead, in the batch's last flush (see there).
         """
-        span = self._event_span(self, event, batch.links if self._link else (), time_ns())
-        context = self._context({self._span_key: span})
+        ready = batch.ready
+        if ready and ready[-1][0]._spans is self:
+            span, context = ready.pop()
+            span._event = event
+            span._start = time_ns()
+        else:
+            span = self._event_span(self, event, batch.links if self._link else (), time_ns())
+            context = self._context({self._span_key: span})
         token = self._set(context)
         dispatcher.trace_context = context
         try:
@@ -305,6 +312,29 @@ class EventSpans:
             self._reset(token)
             span.end_time = time_ns()
             batch.add(span)
+
+    def prepare(self, batch: SpanBatch, count: int) -> None:
+        """Make ``count`` event spans, each with its context, for ``batch``'s next events.
+
+        An event span and its context cost two object constructions of Python classes.
+        Built one at a time, once per hundred events at a 1% ratio, they ran with their
+        code and type data evicted by the untraced events in between: with the caches
+        evicted, a traced dispatch cost 31 us more than a plain one, 20 us with the spans
+        made ahead (5.5 and 2.9 us with only L2 evicted). Made in a loop after a flush,
+        only the first is cold. Each is still a new object used by one event only.
+        """
+        links = batch.links
+        spans = self._event_span
+        context = self._context
+        key = self._span_key
+        made = []
+        for _ in range(count):
+            span = spans(self, None, links if self._link else (), 0)
+            made.append((span, context({key: span})))
+        with LOCK:
+            # The connection may have been linked to a new connection span meanwhile.
+            if batch.links is links:
+                batch.ready = made
 
     def begin(self, links: tuple[Link, ...], start_time: int) -> Span:
         """The SDK span of an :class:`EventSpan`, started at its time; no attributes yet."""
@@ -404,13 +434,27 @@ class SpanBatch:
     only export is later, by a fraction of a second.
     """
 
-    __slots__ = ("_armed", "_pending", "links")
+    __slots__ = ("_armed", "_pending", "links", "ready")
 
     def __init__(self) -> None:
         self._pending: list[EventSpan] = []
         self._armed = False
         # Links of this connection's event spans: to its connection span, once known.
         self.links: tuple[Link, ...] = ()
+        # Event spans and their contexts made ahead for the next traced events
+        # (EventSpans.prepare); taken from the end, only by the connection's loop.
+        self.ready: list[tuple[EventSpan, Context]] = []
+
+    def link(self, links: tuple[Link, ...]) -> None:
+        """Set the links of the connection's next event spans (the ones made ahead go)."""
+        with LOCK:
+            self.links = links
+            self.ready = []
+
+    def close(self) -> None:
+        """Flush, as the connection is gone: nothing more is made ahead."""
+        self.flush(refill=False)
+        self.ready = []
 
     def add(self, span: EventSpan) -> None:
         with LOCK:
@@ -434,8 +478,9 @@ class SpanBatch:
         self._armed = False
         self.flush()
 
-    def flush(self) -> None:
-        """Complete every pending span (in the order their events arrived).
+    def flush(self, *, refill: bool = True) -> None:
+        """Complete every pending span (in the order their events arrived), then make as
+        many event spans ahead for the next events (unless ``refill`` is False).
 
         In three passes over the batch, each running one kind of code (the SDK starting
         spans, the flattener, the SDK ending spans) instead of all of it span by span:
@@ -465,6 +510,8 @@ class SpanBatch:
                 span.complete()
             except Exception:
                 logger.exception(_FAILED)
+        if refill and pending:
+            pending[-1]._spans.prepare(self, len(pending))
 
 
 # An exporter's or processor's failure must not stop the other spans of a batch or reach

@@ -234,3 +234,68 @@ async def test_a_batch_is_started_then_attributed_then_ended_in_passes(
     assert [(False, count) for count in ended] == handed
     assert all(span._real is not None for span in pending)
     assert len(event_spans(exporter)) == 5
+
+
+async def test_spans_are_made_ahead_after_a_flush_and_used_once_each(
+    exporter: InMemorySpanExporter, server: ESLServer
+) -> None:
+    """After a flush, the next events' spans and contexts were made in advance: each event
+    still gets its own span, with its own context and its real start time."""
+    from opentelemetry import context as otel_context
+
+    ran: list[tuple[Any, Any, int]] = []
+
+    def handler(event: ESLEvent) -> None:
+        ran.append((trace.get_current_span(), otel_context.get_current(), time.time_ns()))
+
+    size = tracing.BATCH_SIZE
+    async with Inbound("127.0.0.1", server.port, "ClueCon", timeout=2) as client:
+        client.on("*", handler)
+        await client.subscribe("ALL")
+        batch = client._span_batch
+        assert batch.ready == []
+        server.broadcast(b"".join(EVENT_FRAMES[:size]))
+        await server.wait_for(lambda: len(ran) == size)
+        made = [span for span, _ in batch.ready]
+        assert len(made) == size  # as many as the flush completed
+        server.broadcast(b"".join(EVENT_FRAMES[size:2 * size]))
+        await server.wait_for(lambda: len(ran) == 2 * size)
+        # Taken from the end of the list, one per event.
+        assert [span for span, _, _ in ran[size:]] == made[::-1]
+        # A new EventSpans (the configuration changed) never uses spans made by the old one.
+        tracing.configure(event_span_ratio=1.0)
+        assert len(batch.ready) == size
+        server.broadcast(EVENT_FRAMES[0])
+        await server.wait_for(lambda: len(ran) == 2 * size + 1)
+        assert ran[-1][0]._spans is tracing.event_spans()
+        assert all(ran[-1][0] is not span for span, _ in batch.ready)
+    assert batch.ready == []  # the connection is gone: nothing is made for it any more
+    assert len({id(span) for span, _, _ in ran}) == len(ran)
+    assert len({id(context) for _, context, _ in ran}) == len(ran)
+    spans = event_spans(exporter)
+    assert len(spans) == len(ran)
+    for span, (_, _, when) in zip(spans, ran, strict=True):
+        assert span.start_time is not None and span.end_time is not None
+        # Started when its event was dispatched, not when it was made.
+        assert when - 10**9 < span.start_time <= when <= span.end_time
+
+
+async def test_a_new_connection_span_drops_the_spans_made_ahead(
+    exporter: InMemorySpanExporter, server: ESLServer
+) -> None:
+    tracing.configure(event_span_ratio=1.0, event_span_links=True)
+    ran: list[ESLEvent] = []
+    size = tracing.BATCH_SIZE
+    async with Inbound("127.0.0.1", server.port, "ClueCon", timeout=2) as client:
+        client.on("*", ran.append)
+        await client.subscribe("ALL")
+        server.broadcast(b"".join(EVENT_FRAMES[:size]))
+        await server.wait_for(lambda: len(ran) == size)
+        assert len(client._span_batch.ready) == size
+        other = trace.get_tracer_provider().get_tracer("test").start_span("reconnected")
+        client.trace_connection(other)
+        assert client._span_batch.ready == []
+        server.broadcast(EVENT_FRAMES[0])
+        await server.wait_for(lambda: len(ran) == size + 1)
+    last = event_spans(exporter)[-1]
+    assert [link.context for link in last.links] == [other.get_span_context()]

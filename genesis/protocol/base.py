@@ -142,7 +142,7 @@ class Protocol(asyncio.Protocol):
         spans are roots of their own traces; with ``GENESIS_EVENT_SPAN_LINKS`` on they
         carry a link to this span.
         """
-        self._span_batch.links = tracing.connection_links(span)
+        self._span_batch.link(tracing.connection_links(span))
 
     # -- handlers -------------------------------------------------------------------------
 
@@ -283,7 +283,7 @@ class Protocol(asyncio.Protocol):
         return others
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._span_batch.flush()
+        self._span_batch.close()
         parser = self._parser
         partial = parser.buffered if parser is not None else 0
         self._transport = None
