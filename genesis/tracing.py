@@ -301,8 +301,7 @@ class EventSpans:
             span._event = event
             span._start = time_ns()
         else:
-            span = self._event_span(self, event, batch.links if self._link else (), time_ns())
-            context = self._context({self._span_key: span})
+            span, context = self._fresh(batch.links, event, time_ns())
         token = self._set(context)
         dispatcher.trace_context = context
         try:
@@ -324,17 +323,17 @@ class EventSpans:
         21.3 us after). Each is still a new object used by one event only.
         """
         links = batch.links
-        spans = self._event_span
-        context = self._context
-        key = self._span_key
-        made = []
-        for _ in range(count):
-            span = spans(self, None, links if self._link else (), 0)
-            made.append((span, context({key: span})))
+        made = [self._fresh(links, None, 0) for _ in range(count)]
         with LOCK:
             # The connection may have been linked to a new connection span meanwhile.
             if batch.links is links:
                 batch.ready = made
+
+    def _fresh(self, links: tuple[Link, ...], event: ESLEvent | None,
+               start_time: int) -> tuple[EventSpan, Context]:
+        """A new event span (carrying ``links`` when links are on) and its context."""
+        span = self._event_span(self, event, links if self._link else (), start_time)
+        return span, self._context({self._span_key: span})
 
     def begin(self, links: tuple[Link, ...], start_time: int) -> Span:
         """The SDK span of an :class:`EventSpan`, started at its time; no attributes yet."""
