@@ -339,9 +339,7 @@ class Channel:
             logger.info("checking channel %s after a reconnect failed: %r", self.uuid, exc)
             return
         if exists.strip() == "false" and not self._hungup:
-            self._hungup = True
-            if self._state < ChannelState.HANGUP:
-                self._state = ChannelState.HANGUP
+            self._mark_hungup(None)
             self._detach()
 
     async def _remove_filter(self) -> None:
@@ -369,11 +367,7 @@ class Channel:
             self._spawn(self._kill())
         if name in _HANGUP_EVENTS:
             if not self._hungup:
-                self._hungup = True
-                cause = _header(event, "Hangup-Cause")
-                self.hangup_cause = cause
-                if self._state < ChannelState.HANGUP:
-                    self._state = ChannelState.HANGUP
+                self._mark_hungup(_header(event, "Hangup-Cause"))
                 self._run_end_callbacks()
             if name == "CHANNEL_DESTROY":
                 self._state = ChannelState.DESTROY
@@ -381,6 +375,13 @@ class Channel:
                 return
         if self._waiters:
             self._wake(event)
+
+    def _mark_hungup(self, cause: str | None) -> None:
+        """The leg has hung up (``cause`` None when its hangup event was lost)."""
+        self._hungup = True
+        self.hangup_cause = cause
+        if self._state < ChannelState.HANGUP:
+            self._state = ChannelState.HANGUP
 
     def _wake(self, event: ESLEvent) -> None:
         hung = self._hungup
