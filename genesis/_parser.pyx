@@ -210,6 +210,10 @@ cdef extern from "Python.h":
     bint PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)
     const char* PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t* size) except NULL
     void PyUnicode_InternInPlace(PyObject** p)
+    Py_ssize_t Py_REFCNT(PyObject* o)
+    PyObject* PyList_GET_ITEM(object lst, Py_ssize_t i)
+    Py_ssize_t PyList_GET_SIZE(object lst)
+    PyObject* Py_TYPE(PyObject* o)
 
 KIND_AUTH_REQUEST = 1
 KIND_COMMAND_REPLY = 2
@@ -704,7 +708,12 @@ cdef class ESLEvent:
     cdef Py_ssize_t _ncells
     cdef dict _arrays
     cdef Py_ssize_t _next      # line the next __getitem__ most likely asks for
-    cdef bytes _raw            # owner of every offset in _lines and of the body
+    # _raw[_off:_off + _size] holds this message's bytes: every offset in _lines, the
+    # routing positions and the body are relative to _off. _raw is the message's own
+    # copy (_off 0), or the chunk it was framed from (Parser(share=True)).
+    cdef bytes _raw
+    cdef Py_ssize_t _off
+    cdef Py_ssize_t _size
     cdef uint32_t* _lines
     cdef Py_ssize_t _nlines
     # A plain event's header lines lie in _raw[:_block_end]; -1 once _lines is
@@ -735,6 +744,8 @@ cdef class ESLEvent:
         self._cells = NULL
         self._arrays = None
         self._raw = None
+        self._off = 0
+        self._size = 0
         self._lines = NULL
         self._nlines = 0
         self._block_end = -1
@@ -786,6 +797,15 @@ cdef class ESLEvent:
 
     # -- lazy access ------------------------------------------------------
 
+    cdef inline const char* _p(self) noexcept:
+        return PyBytes_AS_STRING(self._raw) + self._off
+
+    cdef void _detach(self) except *:
+        """Own a copy of this message's bytes if it shares a larger chunk (Parser.release)."""
+        if self._raw is not None and (self._off != 0 or self._size != PyBytes_GET_SIZE(self._raw)):
+            self._raw = PyBytes_FromStringAndSize(self._p(), self._size)
+            self._off = 0
+
     cdef inline int _need_lines(self) except -1:
         if self._block_end >= 0:
             self._index_lines()
@@ -798,7 +818,7 @@ cdef class ESLEvent:
         they are framing, not headers of the event. On error nothing is kept, so
         every later read that needs the index raises the same error again.
         """
-        cdef const char* p = PyBytes_AS_STRING(self._raw)
+        cdef const char* p = self._p()
         cdef Py_ssize_t pos = 0, cnt = 0, cap = 96, ve
         cdef uint32_t* lines
         cdef uint32_t* grown
@@ -832,10 +852,10 @@ cdef class ESLEvent:
 
     cdef object _route_value(self, Py_ssize_t pos, Py_ssize_t name_len, int bit):
         """The value of the one line of a routing name, read where framing found it."""
-        cdef const char* p = PyBytes_AS_STRING(self._raw)
+        cdef const char* p = self._p()
         cdef Py_ssize_t vs = pos + name_len + 1, ve
         # The line ends before the blank line that framing found, so an LF exists.
-        ve = <const char*>memchr(p + vs - 1, 10, PyBytes_GET_SIZE(self._raw) - vs + 1) - p
+        ve = <const char*>memchr(p + vs - 1, 10, self._size - vs + 1) - p
         if ve > vs and p[ve - 1] == 13:
             ve -= 1
         if vs < ve and p[vs] == 32:
@@ -868,7 +888,7 @@ cdef class ESLEvent:
         self._decoded += 1
 
     cdef object _value_at(self, Py_ssize_t i):
-        return _line_value(PyBytes_AS_STRING(self._raw), self._lines + i * _SLOT, self._urlenc)
+        return _line_value(self._p(), self._lines + i * _SLOT, self._urlenc)
 
     cdef object _lookup(self, object key, object default):
         """Value of ``key`` or ``default``, decoding only the matching lines."""
@@ -903,7 +923,7 @@ cdef class ESLEvent:
             if kl == 14 and self._sub_n < 2 and memcmp(k, b"Event-Subclass", 14) == 0:
                 return self._routed(self._sub_pos, 14, 2, self._sub_n, default)
         self._need_lines()
-        base = PyBytes_AS_STRING(self._raw)
+        base = self._p()
         for i in range(self._nlines):
             s = self._lines + i * _SLOT
             if s[1] == kl and memcmp(base + s[0], k, kl) == 0:
@@ -934,7 +954,7 @@ cdef class ESLEvent:
             self._drop_cells()
         elif self._raw is not None:
             self._need_lines()
-            base = PyBytes_AS_STRING(self._raw)
+            base = self._p()
             for i in range(self._nlines):
                 s = self._lines + i * _SLOT
                 name = _name_str(base + s[0], s[1])
@@ -955,7 +975,7 @@ cdef class ESLEvent:
         Repeats are told apart by name cache slot, so a name too long or odd
         for the cache leaves the message to ``_materialize``.
         """
-        cdef const char* base = PyBytes_AS_STRING(self._raw)
+        cdef const char* base = self._p()
         cdef uint32_t* s
         cdef Py_ssize_t i, j, slot, cell, n
         cdef PyObject** cells
@@ -1098,7 +1118,7 @@ cdef class ESLEvent:
         """The body exactly as received (bytes), or None."""
         if self._body_start >= 0:
             self._raw_body_obj = PyBytes_FromStringAndSize(
-                PyBytes_AS_STRING(self._raw) + self._body_start, self._body_len)
+                self._p() + self._body_start, self._body_len)
             self._body_start = -1
         return self._raw_body_obj
 
@@ -1119,7 +1139,7 @@ cdef class ESLEvent:
         if not self._body_decoded:
             if self._body_start >= 0:
                 self._body_str = _decode_bytes(
-                    PyBytes_AS_STRING(self._raw) + self._body_start, self._body_len)
+                    self._p() + self._body_start, self._body_len)
             elif self._raw_body_obj is not None:
                 self._body_str = (<bytes>self._raw_body_obj).decode("utf-8", "surrogateescape")
             self._body_decoded = True
@@ -1169,7 +1189,7 @@ cdef class ESLEvent:
             return key in self._materialize()
         # Presence needs no value: nothing is decoded.
         self._need_lines()
-        base = PyBytes_AS_STRING(self._raw)
+        base = self._p()
         for i in range(self._nlines):
             s = self._lines + i * _SLOT
             if s[1] == kl and memcmp(base + s[0], k, kl) == 0:
@@ -1641,10 +1661,23 @@ cdef class Parser:
     incomplete and by ``max_body_size`` while a body is, because a peer that never
     sends the blank line (or lies about Content-Length) must fail the connection,
     not grow it.
+
+    Each plain event keeps the bytes of its frame. By default it copies them out of
+    what ``feed()`` was given. With ``share=True`` a frame that lies whole inside a
+    ``bytes`` chunk keeps a reference to that chunk instead: no copy and no
+    allocation per event, so the events of one socket read live in the read's own
+    (cache-warm) bytes. The cost is that a message kept after its chunk would keep
+    the whole chunk alive, so the owner of the list ``feed()`` returned calls
+    :meth:`release` once it is done with it, and every message still referenced
+    elsewhere copies its frame out then. The engine does; a caller that does not
+    only keeps more memory alive, never a wrong byte (bytes are immutable).
     """
 
     cdef char* _buf
     cdef Py_ssize_t _cap
+    cdef bint _share
+    # The caller's chunk while feed() frames it in place, when frames may share it.
+    cdef bytes _data
     # Where _start and _end point: _buf, or the caller's bytes while feed() frames
     # them in place (never once feed() has returned: they are not ours to keep).
     cdef const char* _base
@@ -1665,11 +1698,14 @@ cdef class Parser:
     cdef public Py_ssize_t max_header_size
     cdef public Py_ssize_t max_body_size
 
-    def __cinit__(self, Py_ssize_t max_header_size=1 << 20, Py_ssize_t max_body_size=16 << 20):
+    def __cinit__(self, Py_ssize_t max_header_size=1 << 20, Py_ssize_t max_body_size=16 << 20,
+                  bint share=False):
         if max_header_size <= 0 or max_body_size < 0:
             raise ValueError("max_header_size must be positive and max_body_size not negative")
         self.max_header_size = max_header_size
         self.max_body_size = max_body_size
+        self._share = share
+        self._data = None
         self._buf = NULL
         self._cap = 0
         self._out = NULL
@@ -1695,6 +1731,20 @@ cdef class Parser:
         """Drop buffered bytes and the error state; offsets restart at 0."""
         self._reset()
 
+    def release(self, list messages):
+        """End the sharing of ``messages`` (a list ``feed()`` returned) with their chunk.
+
+        A message that only ``messages`` refers to goes with the list, and its chunk
+        with it; any other (a handler kept it, a queued coroutine or a span holds it)
+        copies its own frame now, so it no longer keeps the chunk alive.
+        """
+        cdef Py_ssize_t i
+        cdef PyObject* item
+        for i in range(PyList_GET_SIZE(messages)):
+            item = PyList_GET_ITEM(messages, i)
+            if Py_REFCNT(item) > 1 and Py_TYPE(item) == <PyObject*>ESLEvent:
+                (<ESLEvent>item)._detach()
+
     @property
     def buffered(self):
         """Bytes held that do not yet form a complete message."""
@@ -1713,7 +1763,8 @@ cdef class Parser:
 
         Only a frame that straddles two calls is copied into the parser's buffer:
         the others are framed where they lie in ``data`` (a message copies out
-        what it keeps), so a 64 KiB read is not copied once more just to be parsed.
+        what it keeps, unless it may share ``data``: see the class), so a 64 KiB
+        read is not copied once more just to be parsed.
         """
         cdef const unsigned char[::1] view
         cdef Py_ssize_t n, take
@@ -1750,9 +1801,12 @@ cdef class Parser:
                 self._base = p
                 self._start = 0
                 self._end = n
+                if self._share and type(data) is bytes:
+                    self._data = <bytes>data
                 try:
                     self._parse(out)
                 finally:
+                    self._data = None
                     self._keep_rest()
         except ProtocolError as exc:
             # Messages completed before the bad frame were received: hand them over.
@@ -1964,8 +2018,13 @@ cdef class Parser:
         ev.kind = self._kind
         if self._fmt == _F_PLAIN:
             ev.content_type = "text/event-plain"
-            payload = PyBytes_FromStringAndSize(f + self._hdr_len, total - self._hdr_len)
-            self._plain(ev, payload)
+            if self._data is not None:  # framed in place, inside the caller's chunk
+                ev._raw = self._data
+                ev._off = (f + self._hdr_len) - PyBytes_AS_STRING(self._data)
+            else:
+                ev._raw = PyBytes_FromStringAndSize(f + self._hdr_len, total - self._hdr_len)
+            ev._size = total - self._hdr_len
+            self._plain(ev)
             return ev
         ev.content_type = (_decode_bytes(f + self._ct_start, self._ct_len)
                            if self._ct_start >= 0 else "")
@@ -1981,6 +2040,7 @@ cdef class Parser:
             return ev
         # Any other frame: its own headers are the message, its body the payload.
         ev._raw = PyBytes_FromStringAndSize(f, total)
+        ev._size = total
         ev._lines = <uint32_t*>PyMem_Malloc((self._nout or 1) * _SLOT * sizeof(uint32_t))
         if ev._lines == NULL:
             raise MemoryError()
@@ -1992,7 +2052,7 @@ cdef class Parser:
             ev._body_len = self._clen
         return ev
 
-    cdef int _plain(self, ESLEvent ev, bytes payload) except -1:
+    cdef int _plain(self, ESLEvent ev) except -1:
         """Frame the inner block of a plain event (its outer body); index nothing.
 
         Where the header lines end, the inner Content-Length and the lines routing
@@ -2001,14 +2061,13 @@ cdef class Parser:
         Content-Length is still refused here: it is framing, and a reader must
         never see an event cut at the wrong byte.
         """
-        cdef const char* p = PyBytes_AS_STRING(payload)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
+        cdef const char* p = ev._p()
+        cdef Py_ssize_t n = ev._size
         cdef Py_ssize_t pos, clen = -1, vs, ve
         cdef genesis_block b
         genesis_scan_block(p, n, &b)
         if b.head < 0:
             self._fail("plain event without a complete inner header block", p, n)
-        ev._raw = payload
         ev._urlenc = True
         ev._block_end = b.head
         ev._frame_offset = self._offset
@@ -2206,7 +2265,7 @@ cdef class HeaderFlattener:
         cdef uint64_t name_h[_RING]
         cdef uint64_t value_h[_RING]
         event._need_lines()
-        base = PyBytes_AS_STRING(event._raw)
+        base = event._p()
         n = event._nlines
         this_pass = _begin_name_pass()
         for i in range(-_AHEAD, n):
@@ -2275,7 +2334,7 @@ cdef class HeaderFlattener:
         repeated or colliding names costs linear time; only recorded values are
         decoded, each name counted once in ``decoded``.
         """
-        cdef const char* base = PyBytes_AS_STRING(event._raw)
+        cdef const char* base = event._p()
         cdef uint32_t* s
         cdef Py_ssize_t i
         cdef dict lines = {}

@@ -450,7 +450,11 @@ class Parser:
     __slots__ = ("_buf", "_error", "_frame", "_offset", "_scan", "max_body_size",
                  "max_header_size")
 
-    def __init__(self, max_header_size: int = 1 << 20, max_body_size: int = 16 << 20) -> None:
+    def __init__(self, max_header_size: int = 1 << 20, max_body_size: int = 16 << 20,
+                 share: bool = False) -> None:
+        # ``share`` (see the compiled twin) changes memory use only; here every message
+        # is built from its own slice of the buffer, so there is nothing to share.
+        del share
         if max_header_size <= 0 or max_body_size < 0:
             raise ValueError("max_header_size must be > 0 and max_body_size >= 0")
         self.max_header_size = max_header_size
@@ -478,6 +482,10 @@ class Parser:
         self._scan = 0
         self._frame = None
         self._error = None
+
+    def release(self, messages: list[ESLEvent]) -> None:
+        """Let ``messages`` stop sharing the bytes they were framed from (compiled twin:
+        see there). Messages here never share them."""
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[ESLEvent]:
         """Append ``data`` and return every message it completes, in stream order.

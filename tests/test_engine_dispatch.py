@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import resource
+import sys
 from typing import Any
 
 import pytest
 
 from genesis.consumer import Consumer, filtrate
 from genesis.inbound import Inbound
-from genesis.protocol.parser import ESLEvent
+from genesis.protocol.parser import ESLEvent, Parser
 from tests.esl_server import ESLServer, event_frame, plain_frames, split_frames
 
 
@@ -37,6 +38,33 @@ async def test_sync_handlers_see_every_event_in_order(server: ESLServer) -> None
         expected.append(seq.decode())
     assert sequences == expected
     assert names.count("#") == 20 and len(names) == 100
+
+
+class _ChunkWatch(Inbound):
+    """Counts references to each read's bytes left behind once it was handled."""
+
+    left = 0
+
+    def data_received(self, data: bytes) -> None:
+        before = sys.getrefcount(data)
+        super().data_received(data)
+        self.left += sys.getrefcount(data) - before
+
+
+async def test_kept_events_do_not_keep_their_read(server: ESLServer) -> None:
+    """Events are framed inside the read's bytes; those a handler keeps copy theirs out."""
+    frames = corpus_events()
+    kept: list[ESLEvent] = []
+    seen: list[int] = []
+    async with _ChunkWatch("127.0.0.1", server.port, timeout=2) as client:
+        client.on("*", lambda ev: (seen.append(1), len(seen) % 10 or kept.append(ev)))
+        await client.subscribe("ALL")
+        server.broadcast(b"".join(frames))
+        await server.wait_for(lambda: len(seen) == len(frames))
+        assert client.left == 0
+    assert len(kept) == len(frames) // 10
+    for event, frame in zip(kept, frames[9::10], strict=True):
+        assert dict(event) == dict(Parser().feed(frame)[0])
 
 
 async def test_channel_routing_does_not_hide_global(server: ESLServer) -> None:

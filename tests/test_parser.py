@@ -378,6 +378,37 @@ def test_body_split_across_feeds(twin: ModuleType) -> None:
     assert parser.feed(bytearray(GOOD))[0]["Reply-Text"] == "+OK"
 
 
+def test_shared_chunks_are_let_go_by_release(twin: ModuleType) -> None:
+    """Parser(share=True): events use the fed chunk itself until release() ends it."""
+    frames = [_event(b"Event-Name: E%d\nUnique-ID: u%d\n" % (i, i), b"body %d" % i)
+              for i in range(5)]
+    chunk = b"".join(frames) + frames[0][:40]  # and the start of a frame to hold
+    base = sys.getrefcount(chunk)
+    parser = twin.Parser(share=True)
+    out = parser.feed(chunk)
+    assert [e.name for e in out] == ["E0", "E1", "E2", "E3", "E4"]
+    if twin.__name__ == "genesis._parser":
+        assert sys.getrefcount(chunk) == base + 5  # not a byte copied per event
+    kept = out[3]
+    read_before = out[1]["Unique-ID"]
+    parser.release(out)
+    del out
+    # The kept event owns a copy of its frame now; the others went with the list.
+    assert sys.getrefcount(chunk) == base
+    assert read_before == "u1"
+    assert kept == twin.Parser().feed(frames[3])[0]
+    assert kept.body == "body 3" and kept["Unique-ID"] == "u3"
+    assert [e.name for e in parser.feed(frames[0][40:])] == ["E0"]
+
+
+def test_shared_chunks_never_share_mutable_input(twin: ModuleType) -> None:
+    data = bytearray(_event(b"Event-Name: KEPT\nUnique-ID: u1\n"))
+    parser = twin.Parser(share=True)
+    (event,) = parser.feed(data)
+    data[:] = b"x" * len(data)
+    assert event.name == "KEPT" and dict(event)["Unique-ID"] == "u1"
+
+
 def test_parse_headers_compatibility() -> None:
     from genesis.protocol.parser import ESLEvent, parse_headers
 

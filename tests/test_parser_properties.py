@@ -46,13 +46,18 @@ def test_any_chunking_gives_the_same_messages(twin: ModuleType, corpus: Path, ca
         stream = stream[:200_000]  # whole frames and a cut one: enough to exercise every path
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=60)))
     sizes = data.draw(st.sampled_from([1, 7, 1000, 65536]))
-    parser = twin.Parser()
+    # Sharing the fed chunks, as the engine does: the messages are read after release().
+    share = data.draw(st.booleans())
+    parser = twin.Parser(share=share)
     got: list[Any] = []
     start = 0
     for cut in [*cuts, len(stream)]:
         piece = stream[start:cut]
         for at in range(0, len(piece), sizes * 50 if sizes == 1 else sizes):
-            got += parser.feed(piece[at:at + (sizes * 50 if sizes == 1 else sizes)])
+            out = parser.feed(piece[at:at + (sizes * 50 if sizes == 1 else sizes)])
+            got += out
+            if share:
+                parser.release(out)
         start = cut
     whole = twin.Parser()
     expected = whole.feed(stream)

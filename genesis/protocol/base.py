@@ -183,7 +183,7 @@ class Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
-        self._parser = Parser()
+        self._parser = Parser(share=True)
         self._ever_connected = True
         self._ready = self._ready_on_connect
         peer = transport.get_extra_info("peername")
@@ -208,6 +208,10 @@ class Protocol(asyncio.Protocol):
             # them (docs/architecture.md): when that read is the engine's own, the event
             # is a bad frame like one feed() refuses, and what follows it is dropped too.
             error = exc
+        finally:
+            # The events share this read's bytes (Parser(share=True)): the ones a
+            # handler, a queued coroutine or a span kept copy their own now.
+            parser.release(messages)
         if error is not None:
             self._protocol_error(error)
 
