@@ -221,3 +221,25 @@ async def test_two_callers_waiting_with_one_item_id_both_get_an_answer(
     await backend.release("q", "holder")
     await asyncio.wait_for(asyncio.gather(*twins), WAIT)
     await backend.release("q", "same")
+
+
+async def test_an_item_that_holds_a_slot_keeps_it_when_it_asks_again(
+    backend: RedisBackend, redis_url: str,
+) -> None:
+    """Both acquire scripts answer "granted" to a holder and renew its lease, whatever the
+    line: the same item twice in one pump run gets two answers, never a lost one."""
+    keys = backend._keys("q")
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        await backend.enqueue("q", "same")
+        assert await backend._acquire_many(keys=keys[:3], args=[60_000, "same", 1, "same", 1]) \
+            == [1, 1]
+        soon = time.time() * 1000 + 2000
+        await client.zadd(keys[2], {"same": soon})  # a lease about to run out
+        await backend.enqueue("q", "next")
+        assert await backend._acquire(keys=keys, args=["same", 1, 60_000]) == 1
+        assert await backend._acquire(keys=keys, args=["next", 1, 60_000]) == 0
+        assert await client.zscore(keys[2], "same") > soon + 50_000
+        assert await backend.active("q") == 1
+    finally:
+        await client.aclose()

@@ -46,11 +46,20 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 """
 
-# The grant rule, shared by both acquire scripts (KEYS: waiting, beats, active). The item
-# at ``rank`` in line takes a slot when the waiters still ahead of it (``rank`` less the
-# ``ahead`` already granted by this same call) fit in the slots left; else it stays in
-# line with its heartbeat renewed. 1: granted, 0: waiting.
+# The rules both acquire scripts share (KEYS: waiting, beats, active). An item that holds
+# a slot already keeps it, its lease renewed (``holds``). Otherwise the item at ``rank``
+# in line takes a slot when the waiters still ahead of it (``rank`` less the ``ahead``
+# already granted by this same call) fit in the slots left; else it stays in line with
+# its heartbeat renewed. ``grant``: 1 granted, 0 waiting.
 _GRANT = """
+local function holds(item, ttl)
+  if redis.call('ZSCORE', KEYS[3], item) then
+    redis.call('ZADD', KEYS[3], now + ttl, item)
+    return true
+  end
+  return false
+end
+
 local function grant(item, rank, ahead, limit, ttl)
   if rank - ahead < limit - redis.call('ZCARD', KEYS[3]) then
     redis.call('ZREM', KEYS[1], item)
@@ -85,10 +94,7 @@ _ACQUIRE = (
     + _GRANT
     + """
 local ttl = tonumber(ARGV[3])
-if redis.call('ZSCORE', KEYS[3], ARGV[1]) then
-  redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
-  return 1
-end
+if holds(ARGV[1], ttl) then return 1 end
 local rank = redis.call('ZRANK', KEYS[1], ARGV[1])
 if not rank then
   redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[4]), ARGV[1])
@@ -113,8 +119,7 @@ local order = {}
 for i = 2, #ARGV, 2 do
   local item = ARGV[i]
   local idx = i / 2
-  if redis.call('ZSCORE', KEYS[3], item) then
-    redis.call('ZADD', KEYS[3], now + ttl, item)
+  if holds(item, ttl) then
     results[idx] = 1
   else
     local rank = redis.call('ZRANK', KEYS[1], item)
