@@ -67,6 +67,11 @@ def plain_frames() -> list[bytes]:
     return split_frames((CORPUS / "plain.bin").read_bytes())
 
 
+def event_frames() -> list[bytes]:
+    """The text/event-plain frames of plain.bin, in order."""
+    return [f for f in plain_frames() if b"Content-Type: text/event-plain" in f.split(b"\n\n")[0]]
+
+
 @functools.cache
 def corpus_event(name: str, index: int = 0) -> bytes:
     """The index-th plain.bin event frame whose first Event-Name is ``name``."""

@@ -13,15 +13,11 @@ import pytest
 from genesis.consumer import Consumer, filtrate
 from genesis.inbound import Inbound
 from genesis.protocol.parser import ESLEvent, Parser
-from tests.esl_server import ESLServer, event_frame, plain_frames, split_frames
-
-
-def corpus_events() -> list[bytes]:
-    return [f for f in plain_frames() if b"Content-Type: text/event-plain" in f.split(b"\n\n")[0]]
+from tests.esl_server import ESLServer, event_frame, event_frames, split_frames
 
 
 async def test_sync_handlers_see_every_event_in_order(server: ESLServer) -> None:
-    frames = corpus_events()
+    frames = event_frames()
     sequences: list[str] = []
     names: list[str] = []
     async with Inbound("127.0.0.1", server.port, timeout=2) as client:
@@ -53,7 +49,7 @@ class _ChunkWatch(Inbound):
 
 async def test_kept_events_do_not_keep_their_read(server: ESLServer) -> None:
     """Events are framed inside the read's bytes; those a handler keeps copy theirs out."""
-    frames = corpus_events()
+    frames = event_frames()
     kept: list[ESLEvent] = []
     seen: list[int] = []
     async with _ChunkWatch("127.0.0.1", server.port, timeout=2) as client:
@@ -70,7 +66,7 @@ async def test_kept_events_do_not_keep_their_read(server: ESLServer) -> None:
 async def test_channel_routing_does_not_hide_global(server: ESLServer) -> None:
     uuid = "9a78436f-9c2f-414d-80f7-7780cc244392"
     calls: list[tuple[str, str]] = []
-    frames = [f for f in corpus_events() if f"\nUnique-ID: {uuid}\n".encode() in f]
+    frames = [f for f in event_frames() if f"\nUnique-ID: {uuid}\n".encode() in f]
     async with Inbound("127.0.0.1", server.port, timeout=2) as client:
         await client.subscribe("ALL")
 
@@ -110,7 +106,7 @@ async def test_handler_can_remove_itself_and_errors_do_not_kill(server: ESLServe
         client.on("HEARTBEAT", once)
         client.on("HEARTBEAT", boom)
         client.on("HEARTBEAT", lambda ev: seen.append("after"))
-        beat = next(f for f in corpus_events() if b"Event-Name: HEARTBEAT" in f)
+        beat = next(f for f in event_frames() if b"Event-Name: HEARTBEAT" in f)
         server.broadcast(beat * 3)
         await server.wait_for(lambda: seen.count("after") == 3)
         assert seen.count("once") == 1
@@ -144,7 +140,7 @@ async def test_consumer_subscribes_exactly_and_filtrate_works(server: ESLServer)
     await server.wait_for(lambda: any(c.startswith("event ") for c in server.commands()))
     assert [c for c in server.commands() if c.startswith("event")] == [
         "event plain CHANNEL_ANSWER DTMF CUSTOM sofia::register"]
-    server.broadcast(b"".join(corpus_events()))
+    server.broadcast(b"".join(event_frames()))
     await server.wait_for(lambda: len(answered) == 20 and len(dtmf) == 80)
     assert regs == []
     t0 = asyncio.get_running_loop().time()
@@ -171,7 +167,7 @@ async def test_consumer_survives_server_restart(server: ESLServer) -> None:
     app = Consumer("127.0.0.1", port, timeout=1, reconnect_delay=0.05, on_gap=gaps.append)
     app.handle("HEARTBEAT")(lambda ev: got.append(ev["Event-Sequence"]))
     runner = asyncio.ensure_future(app.start())
-    beat = next(f for f in corpus_events() if b"Event-Name: HEARTBEAT" in f)
+    beat = next(f for f in event_frames() if b"Event-Name: HEARTBEAT" in f)
     await server.wait_for(lambda: any(c.startswith("event") for c in server.commands()))
     server.broadcast(beat)
     await server.wait_for(lambda: len(got) == 1)

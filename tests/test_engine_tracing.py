@@ -18,18 +18,14 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from genesis import tracing
 from genesis.inbound import Inbound
 from genesis.outbound import Outbound, Session
-from tests.esl_server import ESLServer, FakeCall, plain_frames
+from tests.esl_server import ESLServer, FakeCall, event_frames
 from tests.otel_sdk import install_sdk
 
 PASSWORD = "S3cret-Pa55"
 
 
-def plain_frames_events() -> list[bytes]:
-    return [f for f in plain_frames() if b"text/event-plain" in f.split(b"\n\n")[0]]
-
-
 def events_block() -> bytes:
-    return b"".join(plain_frames_events())
+    return b"".join(event_frames())
 
 
 @pytest.fixture
@@ -119,7 +115,7 @@ async def test_ratio_zero_and_environment(
     async with Inbound("127.0.0.1", server.port, PASSWORD, timeout=2) as client:
         client.on("*", lambda ev: seen.append(ev.name or ""))
         await client.subscribe("ALL")
-        server.broadcast(b"".join(plain_frames_events()[:40]))
+        server.broadcast(b"".join(event_frames()[:40]))
         await server.wait_for(lambda: len(seen) == 40)
     events = [s for s in exporter.get_finished_spans() if s.name == "process_event"]
     assert len(events) == 20
@@ -305,7 +301,7 @@ async def test_event_span_links_are_opt_in(
         seen: list[str] = []
         client.on("*", lambda event: seen.append(event.name))
         await client.subscribe("ALL")
-        server.broadcast(b"".join(plain_frames_events()[:5]))
+        server.broadcast(b"".join(event_frames()[:5]))
         await server.wait_for(lambda: len(seen) == 5)
     tracing.flush()
     spans = exporter.get_finished_spans()

@@ -18,10 +18,10 @@ from genesis._event_span import EventSpan
 from genesis.inbound import Inbound
 from genesis.protocol.dispatch import Dispatcher
 from genesis.protocol.parser import ESLEvent, Parser
-from tests.esl_server import ESLServer, plain_frames
+from tests.esl_server import ESLServer, event_frames
 from tests.otel_sdk import install_sdk
 
-EVENT_FRAMES = [f for f in plain_frames() if b"text/event-plain" in f.split(b"\n\n")[0]]
+EVENT_FRAMES = event_frames()
 
 
 @pytest.fixture

@@ -17,10 +17,10 @@ from genesis.inbound import Inbound
 from genesis.protocol.base import Protocol
 from genesis.protocol.dispatch import Dispatcher
 from genesis.protocol.parser import ESLEvent, HeaderFlattener, Parser
-from tests.esl_server import ESLServer, plain_frames
+from tests.esl_server import ESLServer, event_frames
 from tests.otel_sdk import install_sdk
 
-EVENT_FRAMES = [f for f in plain_frames() if b"text/event-plain" in f.split(b"\n\n")[0]]
+EVENT_FRAMES = event_frames()
 
 
 def corpus_events() -> list[ESLEvent]:
