@@ -71,6 +71,8 @@ import logging
 import os
 import sys
 import threading
+import weakref
+from collections import deque
 from collections.abc import Callable
 from time import time_ns
 from typing import TYPE_CHECKING, Any
@@ -104,7 +106,7 @@ LOCK = threading.Lock()
 class _State:
     """Module state: knobs, the tracer cached per provider, the current EventSpans.
 
-    Also the span batches waiting for the SDK, for :func:`flush` and the exit hook.
+    Also every connection's span batch, for :func:`flush` and the exit hook.
     """
 
     # opentelemetry.trace once the SDK was seen: an import statement per received chunk
@@ -117,7 +119,8 @@ class _State:
     tracer: Tracer | None = None
     flattener: HeaderFlattener | None = None
     spans: EventSpans | None = None
-    waiting: set[SpanBatch] = set()
+    # Weak: a batch lives as long as its connection. Changed and read under LOCK.
+    batches: weakref.WeakSet[SpanBatch] = weakref.WeakSet()
     exit_hook = False
     # context_switch(), found once.
     switch: tuple[Callable[[Context], object], Callable[[Any], None]] | None = None
@@ -433,16 +436,20 @@ class SpanBatch:
     only export is later, by a fraction of a second.
     """
 
-    __slots__ = ("_armed", "_pending", "links", "ready")
+    __slots__ = ("__weakref__", "_armed", "_pending", "links", "ready")
 
     def __init__(self) -> None:
-        self._pending: list[EventSpan] = []
+        # Appended by the connection's loop without a lock (a deque's append and popleft
+        # are atomic); taken only by flush(), under LOCK, from any thread.
+        self._pending: deque[EventSpan] = deque()
         self._armed = False
         # Links of this connection's event spans: to its connection span, once known.
         self.links: tuple[Link, ...] = ()
         # Event spans and their contexts made ahead for the next traced events
         # (EventSpans.prepare); taken from the end, only by the connection's loop.
         self.ready: list[tuple[EventSpan, Context]] = []
+        with LOCK:
+            _State.batches.add(self)
 
     def link(self, links: tuple[Link, ...]) -> None:
         """Set the links of the connection's next event spans (the ones made ahead go)."""
@@ -456,13 +463,12 @@ class SpanBatch:
         self.ready = []
 
     def add(self, span: EventSpan) -> None:
-        with LOCK:
-            pending = self._pending
-            pending.append(span)
-            size = len(pending)
-            if size == 1:
-                _State.waiting.add(self)
-        if size >= BATCH_SIZE:
+        """Queue ``span`` (the loop's thread only). A flush running meanwhile on another
+        thread takes it or leaves it for the next one: lock-free, because taking a lock
+        here was an eighth of a traced event's dispatch (cache misses in its cold code)."""
+        pending = self._pending
+        pending.append(span)
+        if len(pending) >= BATCH_SIZE:
             self.flush()
         elif not self._armed:
             try:
@@ -488,8 +494,9 @@ class SpanBatch:
         attributes are recorded, so no other thread sees it without them.
         """
         with LOCK:
-            pending, self._pending = self._pending, []
-            _State.waiting.discard(self)
+            queue = self._pending
+            # Only flushes take spans, under LOCK: the length cannot shrink meanwhile.
+            pending = [queue.popleft() for _ in range(len(queue))]
             started = []
             for span in pending:
                 try:
@@ -525,7 +532,7 @@ def flush() -> None:
     exported at that point (a test, a shutdown without stopping the connections).
     """
     with LOCK:
-        batches = list(_State.waiting)
+        batches = [batch for batch in _State.batches if batch._pending]
     for batch in batches:
         batch.flush()
 

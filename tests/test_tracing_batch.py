@@ -299,3 +299,34 @@ async def test_a_new_connection_span_drops_the_spans_made_ahead(
         await server.wait_for(lambda: len(ran) == size + 1)
     last = event_spans(exporter)[-1]
     assert [link.context for link in last.links] == [other.get_span_context()]
+
+
+async def test_flushes_from_another_thread_lose_and_repeat_no_span(
+    exporter: InMemorySpanExporter, server: ESLServer
+) -> None:
+    """The loop adds spans without a lock while another thread keeps flushing: every
+    traced event still gets exactly one process_event span."""
+    stop = threading.Event()
+
+    def flush_all_the_time() -> None:
+        while not stop.is_set():
+            tracing.flush()
+
+    flusher = threading.Thread(target=flush_all_the_time)
+    seen: list[str] = []
+    async with Inbound("127.0.0.1", server.port, "ClueCon", timeout=2) as client:
+        client.on("*", lambda ev: seen.append(ev["Event-Sequence"]))
+        await client.subscribe("ALL")
+        flusher.start()
+        try:
+            for _ in range(5):
+                server.broadcast(b"".join(EVENT_FRAMES))
+                await asyncio.sleep(0)
+            await server.wait_for(lambda: len(seen) == 5 * len(EVENT_FRAMES), timeout=30)
+        finally:
+            stop.set()
+            await asyncio.to_thread(flusher.join)
+    tracing.flush()
+    spans = event_spans(exporter)
+    assert len(spans) == len(seen)
+    assert len({s.context.span_id for s in spans}) == len(seen)
