@@ -119,8 +119,10 @@ class _State:
     tracer: Tracer | None = None
     flattener: HeaderFlattener | None = None
     spans: EventSpans | None = None
-    # Weak: a batch lives as long as its connection. Changed and read under LOCK.
-    batches: weakref.WeakSet[SpanBatch] = weakref.WeakSet()
+    # A weak reference to every connection's batch, which removes itself once its batch
+    # is gone. Added to, removed from and copied in single calls of the set's own, so
+    # any thread may do either without a lock.
+    batches: set[weakref.ref[SpanBatch]] = set()
     exit_hook = False
     # context_switch(), found once.
     switch: tuple[Callable[[Context], object], Callable[[Any], None]] | None = None
@@ -448,8 +450,7 @@ class SpanBatch:
         # Event spans and their contexts made ahead for the next traced events
         # (EventSpans.prepare); taken from the end, only by the connection's loop.
         self.ready: list[tuple[EventSpan, Context]] = []
-        with LOCK:
-            _State.batches.add(self)
+        _State.batches.add(weakref.ref(self, _State.batches.discard))
 
     def link(self, links: tuple[Link, ...]) -> None:
         """Set the links of the connection's next event spans (the ones made ahead go)."""
@@ -531,10 +532,10 @@ def flush() -> None:
     Call it before ``TracerProvider.force_flush()`` when every event span must be
     exported at that point (a test, a shutdown without stopping the connections).
     """
-    with LOCK:
-        batches = [batch for batch in _State.batches if batch._pending]
-    for batch in batches:
-        batch.flush()
+    for ref in list(_State.batches):
+        batch = ref()
+        if batch is not None and batch._pending:
+            batch.flush()
 
 
 def event_spans() -> EventSpans | None:

@@ -330,3 +330,11 @@ async def test_flushes_from_another_thread_lose_and_repeat_no_span(
     spans = event_spans(exporter)
     assert len(spans) == len(seen)
     assert len({s.context.span_id for s in spans}) == len(seen)
+
+
+def test_a_batch_leaves_the_flush_registry_with_its_connection() -> None:
+    before = len(tracing._State.batches)
+    batch = tracing.SpanBatch()
+    assert len(tracing._State.batches) == before + 1
+    del batch
+    assert len(tracing._State.batches) == before
