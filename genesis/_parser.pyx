@@ -669,8 +669,9 @@ cdef bytes _excerpt(const char* p, Py_ssize_t n):
 cdef class ESLEvent:
     """One Event Socket message as a mutable mapping of header name to value.
 
-    A parsed plain event starts lazy: ``_raw`` holds its header block, and only
-    the lines routing reads (Event-Name, Event-Subclass, Unique-ID) were located
+    A parsed plain event starts lazy: it keeps the bytes of its frame (its own
+    copy, or its span of the socket read: see ``Parser``), and only the lines
+    routing reads (Event-Name, Event-Subclass, Unique-ID) were located
     while framing. ``_lines``, the offsets of every ``Name: value`` line, is built
     by the first read of any other header, and a line without ``:`` fails that
     read (ProtocolError), not ``feed()``: routing an event never walks its ~75
