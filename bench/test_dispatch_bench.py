@@ -60,7 +60,7 @@ def test_dispatch_evicted(benchmark: Any, sdk: None, traced: bool) -> None:
         count[0] += 1
         if not batch.ready:
             spans.prepare(batch, tracing.BATCH_SIZE - 1)
-        del batch._pending[:]
+        batch._pending.clear()
         junk[::64] = zeros
         # The chunk's context switch is per chunk, not per traced event: outside the timing.
         tokens.append(spans.enter(dispatcher))
