@@ -717,7 +717,7 @@ cdef class ESLEvent:
     cdef Py_ssize_t _size
     cdef uint32_t* _lines
     cdef Py_ssize_t _nlines
-    # A plain event's header lines lie in _raw[:_block_end]; -1 once _lines is
+    # A plain event's header lines are its bytes up to _block_end; -1 once _lines is
     # built (or for any other message, indexed while framing).
     cdef Py_ssize_t _block_end
     cdef long long _frame_offset  # stream offset of the frame, for a late ProtocolError
