@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.genesis-installed
 
-.PHONY: demo test bench lint build clean
+.PHONY: demo test bench bench-smoke lint build clean
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: build
 
 bench: build
 	$(BIN)/python -m pytest bench --benchmark-only --benchmark-columns=min,median,mean,ops,rounds $(PYTEST_ARGS)
+
+# Every bench once, untimed and without its targets: CI's guard against benches that rot.
+bench-smoke: build
+	$(BIN)/python -m pytest bench --benchmark-disable -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check genesis tests bench
