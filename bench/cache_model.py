@@ -8,8 +8,9 @@ last level the size of this machine's L2 (1 MiB), and estimates cycles as
 
     instructions / 2.5 + 14 x (L1 misses) + 50 x (L2 misses)
 
-The weights are rough; the counts are exact and repeat run to run (``PYTHONHASHSEED=0``), so
-two builds compare to the cycle. It prints the untraced cost per event, the extra cost per
+The weights are rough; the counts are exact (``PYTHONHASHSEED=0``) except where the span
+batch's timer fires by the wall clock, so the traced figure repeats within about 1% and
+builds compare to about that. It prints the untraced cost per event, the extra cost per
 traced event, and the ratio they imply. Each mode runs twice, for 3 and for 6 rounds, and
 only the difference counts: the first traced event imports and warms the whole tracing path
 (OpenTelemetry's context and span modules, Genesis's event span), a one-time cost that the
@@ -23,7 +24,13 @@ and the traced one (Python code cold once per hundred events) slower, so the rat
 implies is higher than the end-to-end bench's: it compares builds, it does not replace
 the bench.
 
-Run: ``.venv/bin/python bench/cache_model.py`` (about three minutes on two cores).
+With ``--parts`` it also runs two public configurations that split the traced event's cost
+(twice the time): an allowlist that matches no header (a span records only ``event.name``
+and ``event.uuid``) and the SDK's ``ALWAYS_OFF`` sampler (Genesis dispatches the traced
+event, the SDK decides not to record it). Their differences price the attributes, the
+SDK's recorded span, and Genesis's dispatch with the SDK's decision.
+
+Run: ``.venv/bin/python bench/cache_model.py [--parts]`` (about three minutes on two cores).
 """
 
 from __future__ import annotations
@@ -40,8 +47,9 @@ REPEAT = 10  # passes over plain.bin's event frames per round
 CHUNK = 256 * 1024
 RATIO = 0.01
 CACHES = ["--D1=65536,8,64", "--I1=65536,8,64", "--LL=1048576,16,64"]
-# Runs as (mode, rounds): each cost is the difference of 6 rounds and 3 of its mode.
-RUNS = [("off", 3), ("off", 6), ("traced", 3), ("traced", 6)]
+# Each mode's cost is the difference of its runs of 6 rounds and 3.
+MODES = ["off", "traced"]
+PART_MODES = ["two-attributes", "sampler-drops"]
 
 
 def feed(mode: str, rounds: int) -> None:
@@ -52,17 +60,20 @@ def feed(mode: str, rounds: int) -> None:
     from capture import event_frames
     from opentelemetry import trace
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
     from genesis import tracing
     from genesis.protocol.base import Protocol
 
     block = b"".join(event_frames()) * REPEAT
     chunks = [block[i:i + CHUNK] for i in range(0, len(block), CHUNK)]
-    provider = TracerProvider()
+    provider = TracerProvider(sampler=ALWAYS_OFF if mode == "sampler-drops" else None)
     provider.add_span_processor(SpanProcessor())  # receives every span, exports nothing
-    if mode == "traced":
+    if mode != "off":
         trace.set_tracer_provider(provider)
-    tracing.configure(event_span_ratio=RATIO)
+    # No header is named this: the allowlist leaves event.name and event.uuid.
+    tracing.configure(event_span_ratio=RATIO,
+                      event_span_headers=["X-Model-None"] if mode == "two-attributes" else None)
 
     class Transport(asyncio.Transport):
         def get_extra_info(self, name: str, default: object = None) -> object:
@@ -109,19 +120,28 @@ def _measure(mode: str, rounds: int, out: Path) -> list[int]:
     return _totals(out)
 
 
-def main() -> None:
+def main(parts: bool) -> None:
     from capture import event_frames
 
     events = len(event_frames()) * REPEAT
+    modes = MODES + (PART_MODES if parts else [])
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        jobs = [pool.submit(_measure, mode, rounds, Path(tmp) / f"{mode}.{rounds}")
-                for mode, rounds in RUNS]
-        off3, off6, traced3, traced6 = (_cycles(job.result()) for job in jobs)
-    untraced = (off6 - off3) / (3 * events)
-    extra = ((traced6 - traced3) - (off6 - off3)) / (3 * events * RATIO)
+        jobs = {(mode, rounds): pool.submit(_measure, mode, rounds, Path(tmp) / f"{mode}.{rounds}")
+                for mode in modes for rounds in (3, 6)}
+        cost = {mode: _cycles(jobs[mode, 6].result()) - _cycles(jobs[mode, 3].result())
+                for mode in modes}
+    untraced = cost["off"] / (3 * events)
+    extra = {mode: (cost[mode] - cost["off"]) / (3 * events * RATIO) for mode in modes[1:]}
     print(f"untraced: {untraced:,.0f} est. cycles per event")
-    print(f"traced at {RATIO:.0%}: {extra:,.0f} est. cycles more per traced event")
-    print(f"implied traced/untraced rate: {untraced / (untraced + RATIO * extra):.3f}")
+    print(f"traced at {RATIO:.0%}: {extra['traced']:,.0f} est. cycles more per traced event")
+    print(f"implied traced/untraced rate: {untraced / (untraced + RATIO * extra['traced']):.3f}")
+    if parts:
+        print(f"  attributes (traced - two-attributes): "
+              f"{extra['traced'] - extra['two-attributes']:,.0f}")
+        print(f"  the SDK's recorded span (two-attributes - sampler-drops): "
+              f"{extra['two-attributes'] - extra['sampler-drops']:,.0f}")
+        print(f"  Genesis's dispatch and the SDK's decision (sampler-drops): "
+              f"{extra['sampler-drops']:,.0f}")
 
 
 if __name__ == "__main__":
@@ -129,4 +149,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--feed"]:
         feed(sys.argv[2], int(sys.argv[3]))
     else:
-        main()
+        main(parts="--parts" in sys.argv[1:])
