@@ -8,9 +8,9 @@ last level the size of this machine's L2 (1 MiB), and estimates cycles as
 
     instructions / 2.5 + 14 x (L1 misses) + 50 x (L2 misses)
 
-The weights are rough; the counts are exact (``PYTHONHASHSEED=0``) except where the span
-batch's timer fires by the wall clock, so the traced figure repeats within about 1% and
-builds compare to about that. It prints the untraced cost per event, the extra cost per
+The weights are rough; the counts nearly repeat (``PYTHONHASHSEED=0``; span ids are random
+and object addresses vary), the traced figure within about 1%, so builds compare to about
+that. It prints the untraced cost per event, the extra cost per
 traced event, and the ratio they imply. Each mode runs twice, for 3 and for 6 rounds, and
 only the difference counts: the first traced event imports and warms the whole tracing path
 (OpenTelemetry's context and span modules, Genesis's event span), a one-time cost that the
