@@ -204,6 +204,25 @@ async def test_slot_is_single_use(backend: QueueBackend) -> None:
             pass
 
 
+async def test_an_item_id_serves_one_caller_at_a_time(backend: QueueBackend) -> None:
+    """A wait with an item id that holds a slot, or that another caller waits with, fails
+    at once and leaves that caller's slot or place alone: two callers sharing an id would
+    share one slot, and the first release would end both holds."""
+    await asyncio.wait_for(backend.wait_and_acquire("q", "holder", 1, WAIT), WAIT)
+    with pytest.raises(ValueError, match="already holds a slot"):
+        await asyncio.wait_for(backend.wait_and_acquire("q", "holder", 1, WAIT), WAIT)
+    waiter = asyncio.create_task(backend.wait_and_acquire("q", "w", 1, WAIT))
+    await _until(lambda: _depth_is(backend, "q", 1))
+    with pytest.raises(ValueError, match="already waiting"):
+        await asyncio.wait_for(backend.wait_and_acquire("q", "w", 1, WAIT), WAIT)
+    assert (await backend.active("q"), await backend.depth("q")) == (1, 1)
+    await backend.release("q", "holder")
+    await asyncio.wait_for(waiter, WAIT)
+    assert (await backend.active("q"), await backend.depth("q")) == (1, 0)
+    await backend.release("q", "w")
+    assert await backend.active("q") == 0
+
+
 def test_invalid_arguments() -> None:
     queue = Queue()
     with pytest.raises(ValueError):

@@ -210,36 +210,58 @@ async def test_close_fails_waiting_callers(backend: RedisBackend) -> None:
     await backend.release("q", "holder")
 
 
-async def test_two_callers_waiting_with_one_item_id_both_get_an_answer(
-    backend: RedisBackend,
+async def test_one_item_id_in_two_processes_gets_one_slot(
+    backend: RedisBackend, redis_url: str, redis_prefix: str,
 ) -> None:
-    # A caller's mistake, but it must not leave one of them waiting forever.
-    await backend.wait_and_acquire("q", "holder", 1, WAIT)
-    twins = [asyncio.create_task(backend.wait_and_acquire("q", "same", 1, None))
-             for _ in range(2)]
-    await asyncio.sleep(0.2)
-    await backend.release("q", "holder")
-    await asyncio.wait_for(asyncio.gather(*twins), WAIT)
-    await backend.release("q", "same")
+    """Across processes the scripts refuse the second caller with an item id: at once when
+    the other one holds its slot, or when the other one's grant took their shared place
+    in line. Either way one caller holds the slot, the other gets ValueError, and the
+    holder's slot and lease are untouched."""
+    other = RedisBackend(redis_url, key_prefix=redis_prefix, lease_ttl=1.0, poll_interval=0.02)
+    try:
+        await backend.wait_and_acquire("q", "x", 1, WAIT)
+        with pytest.raises(ValueError, match="already holds a slot"):
+            await other.wait_and_acquire("q", "x", 1, WAIT)
+        await backend.release("q", "x")
+
+        await backend.wait_and_acquire("q", "holder", 1, WAIT)
+        twins = [asyncio.create_task(b.wait_and_acquire("q", "x", 1, WAIT))
+                 for b in (backend, other)]
+        async with asyncio.timeout(WAIT):
+            while await backend.depth("q") < 1:
+                await asyncio.sleep(0.01)
+        await backend.release("q", "holder")
+        done = await asyncio.wait_for(asyncio.gather(*twins, return_exceptions=True), WAIT)
+        assert sorted(type(result).__name__ for result in done) == ["NoneType", "ValueError"]
+        winner = backend if done[0] is None else other
+        loser = other if winner is backend else backend
+        assert await backend.active("q") == 1
+        assert ("q", "x") in winner._renewers and not loser._renewers
+        await asyncio.sleep(1.5 * winner.lease_ttl)  # the winner's lease was renewed
+        assert await backend.active("q") == 1
+        await winner.release("q", "x")
+        assert await backend.active("q") == 0
+    finally:
+        await other.close()
 
 
-async def test_an_item_that_holds_a_slot_keeps_it_when_it_asks_again(
+async def test_both_scripts_refuse_an_item_that_holds_a_slot(
     backend: RedisBackend, redis_url: str,
 ) -> None:
-    """Both acquire scripts answer "granted" to a holder and renew its lease, whatever the
-    line: the same item twice in one pump run gets two answers, never a lost one."""
+    """Asked for an item that holds a slot, both acquire scripts answer "held" and leave
+    its lease alone (renewing it is its holder's business), whatever else is in line."""
     keys = backend._keys("q")
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
         await backend.enqueue("q", "same")
-        assert await backend._acquire_many(keys=keys[:3], args=[60_000, "same", 1, "same", 1]) \
-            == [1, 1]
+        assert await backend._acquire_many(keys=keys[:3], args=[60_000, "same", 1]) == [1]
         soon = time.time() * 1000 + 2000
-        await client.zadd(keys[2], {"same": soon})  # a lease about to run out
+        await client.zadd(keys[2], {"same": soon})
         await backend.enqueue("q", "next")
-        assert await backend._acquire(keys=keys, args=["same", 1, 60_000]) == 1
-        assert await backend._acquire(keys=keys, args=["next", 1, 60_000]) == 0
-        assert await client.zscore(keys[2], "same") > soon + 50_000
-        assert await backend.active("q") == 1
+        assert await backend._acquire_many(keys=keys[:3], args=[60_000, "same", 1, "next", 1]) \
+            == [-2, 0]
+        assert await backend._acquire(keys=keys, args=["same", 1, 60_000]) == -2
+        assert await client.zscore(keys[2], "same") == soon
+        assert (await backend.active("q"), await backend.depth("q")) == (1, 1)
     finally:
         await client.aclose()

@@ -24,8 +24,23 @@ def _check_limits(max_concurrent: int, timeout: float | None) -> None:
         raise ValueError(f"timeout must be None or >= 0, got {timeout}")
 
 
+def already_holds(queue_id: str, item_id: str) -> ValueError:
+    """The error for a wait by an item that holds a slot: one item id, one caller."""
+    return ValueError(f"item {item_id!r} already holds a slot of queue {queue_id!r}")
+
+
+def already_waiting(queue_id: str, item_id: str) -> ValueError:
+    """The error for a second wait by an item whose first wait is still going on."""
+    return ValueError(f"item {item_id!r} is already waiting in queue {queue_id!r}")
+
+
 class QueueBackend(ABC):
-    """Storage and admission for queues; the in-memory and Redis backends implement it."""
+    """Storage and admission for queues; the in-memory and Redis backends implement it.
+
+    An item id stands for one caller: waiting with an item that holds a slot, or that
+    another caller is still waiting with, raises ValueError at once. Two callers sharing
+    an id would share one slot, and the first release would end both holds.
+    """
 
     @abstractmethod
     async def enqueue(self, queue_id: str, item_id: str) -> None:

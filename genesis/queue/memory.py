@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from genesis.exceptions import QueueTimeoutError
-from genesis.queue.base import QueueBackend
+from genesis.queue.base import QueueBackend, already_holds, already_waiting
 
 
 class _Waiter:
@@ -51,13 +51,13 @@ class InMemoryBackend(QueueBackend):
             raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
         line = self._lines.setdefault(queue_id, _Line())
         if item_id in line.active:
-            raise ValueError(f"item {item_id!r} already holds a slot of queue {queue_id!r}")
+            raise already_holds(queue_id, item_id)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiter = line.waiting.get(item_id)
         if waiter is None:
             line.waiting[item_id] = _Waiter(future, max_concurrent)
         elif waiter.future is not None:
-            raise ValueError(f"item {item_id!r} is already waiting in queue {queue_id!r}")
+            raise already_waiting(queue_id, item_id)
         else:
             waiter.future = future
             waiter.max_concurrent = max_concurrent

@@ -28,9 +28,12 @@ from typing import Any
 
 from genesis._redis import connect
 from genesis.exceptions import GenesisError, QueueTimeoutError
-from genesis.queue.base import QueueBackend
+from genesis.queue.base import QueueBackend, already_holds, already_waiting
 
 logger = logging.getLogger(__name__)
+
+# What the acquire scripts answer for an item whose slot another caller holds.
+_HELD = -2
 
 # Milliseconds from Redis's clock: one time source for every process.
 _NOW = """
@@ -46,20 +49,13 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 """
 
-# The rules both acquire scripts share (KEYS: waiting, beats, active). An item that holds
-# a slot already keeps it, its lease renewed (``holds``). Otherwise the item at ``rank``
+# The rule both acquire scripts share (KEYS: waiting, beats, active): the item at ``rank``
 # in line takes a slot when the waiters still ahead of it (``rank`` less the ``ahead``
 # already granted by this same call) fit in the slots left; else it stays in line with
-# its heartbeat renewed. ``grant``: 1 granted, 0 waiting.
+# its heartbeat renewed. ``grant``: 1 granted, 0 waiting. Before it, both scripts answer
+# _HELD for an item that holds a slot already: its holder is another caller with the same
+# item id (a caller's own grant is never asked about again), who keeps the slot.
 _GRANT = """
-local function holds(item, ttl)
-  if redis.call('ZSCORE', KEYS[3], item) then
-    redis.call('ZADD', KEYS[3], now + ttl, item)
-    return true
-  end
-  return false
-end
-
 local function grant(item, rank, ahead, limit, ttl)
   if rank - ahead < limit - redis.call('ZCARD', KEYS[3]) then
     redis.call('ZREM', KEYS[1], item)
@@ -87,14 +83,15 @@ return 1
 )
 
 # KEYS: waiting, beats, active, seq. ARGV: item, max_concurrent, ttl_ms.
-# Returns 1 when the item now holds a slot, 0 when it must keep waiting.
+# Returns 1 when the item now holds a slot, 0 when it must keep waiting, _HELD when
+# another caller holds the item's slot.
 _ACQUIRE = (
     _NOW
     + _PURGE
     + _GRANT
     + """
 local ttl = tonumber(ARGV[3])
-if holds(ARGV[1], ttl) then return 1 end
+if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return -2 end
 local rank = redis.call('ZRANK', KEYS[1], ARGV[1])
 if not rank then
   redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[4]), ARGV[1])
@@ -106,8 +103,9 @@ return grant(ARGV[1], rank, 0, tonumber(ARGV[2]), ttl)
 
 # KEYS: waiting, beats, active. ARGV: ttl_ms, then item and max_concurrent pairs.
 # One result per pair: 1 the item holds a slot, 0 it keeps waiting (heartbeat renewed),
-# -1 it is not in line any more (it gave up, or was purged as dead). Items are judged in
-# line order, each against the slots left by those granted before it.
+# -1 it is not in line any more (it gave up, or was purged as dead), _HELD another caller
+# holds its slot. Items are judged in line order, each against the slots left by those
+# granted before it.
 _ACQUIRE_MANY = (
     _NOW
     + _PURGE
@@ -119,8 +117,8 @@ local order = {}
 for i = 2, #ARGV, 2 do
   local item = ARGV[i]
   local idx = i / 2
-  if holds(item, ttl) then
-    results[idx] = 1
+  if redis.call('ZSCORE', KEYS[3], item) then
+    results[idx] = -2
   else
     local rank = redis.call('ZRANK', KEYS[1], item)
     if rank then
@@ -207,6 +205,9 @@ class RedisBackend(QueueBackend):
         self._count = client.register_script(_COUNT)
         self._lines: dict[str, _Line] = {}
         self._renewers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # (queue, item) of every wait going on in this process: a second caller with the
+        # same item is refused here; one in another process is refused by the scripts.
+        self._waits: set[tuple[str, str]] = set()
 
     def _keys(self, queue_id: str) -> list[str]:
         base = f"{self.key_prefix}{queue_id}:"
@@ -224,31 +225,52 @@ class RedisBackend(QueueBackend):
     ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
+        wait = (queue_id, item_id)
+        if wait in self._renewers:
+            raise already_holds(queue_id, item_id)
+        if wait in self._waits:
+            raise already_waiting(queue_id, item_id)
+        self._waits.add(wait)
+        try:
+            answer = await self._wait(queue_id, item_id, max_concurrent, timeout)
+        finally:
+            self._waits.discard(wait)
+        if answer == _HELD:
+            raise already_holds(queue_id, item_id)
+        self._renewers[wait] = asyncio.create_task(
+            self._keep_lease(self._keys(queue_id)[2], queue_id, item_id)
+        )
+
+    async def _wait(self, queue_id: str, item_id: str, max_concurrent: int,
+                    timeout: float | None) -> int:
+        """Wait for ``item_id``'s slot: 1 once it holds it, or _HELD (nothing changed)."""
         keys = self._keys(queue_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             # On its own first: admission at once needs no pump, and this takes the
             # item's place in line (again, if it was purged as dead while it waited).
-            while not await self._acquire(keys=keys, args=[item_id, max_concurrent, self._ttl_ms]):
+            answer = await self._acquire(keys=keys, args=[item_id, max_concurrent, self._ttl_ms])
+            while answer == 0:
                 line = self._lines.get(queue_id)
                 if line is None:
                     line = self._lines[queue_id] = _Line()
-                granted: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+                granted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
                 line.waiters[granted] = (item_id, max_concurrent)
                 if line.pump is None:
                     line.pump = asyncio.create_task(self._pump(queue_id, line))
                 try:
                     if deadline is None:
-                        admitted = await granted
+                        answer = await granted
                     else:
-                        admitted = await asyncio.wait_for(granted, deadline - time.monotonic())
+                        answer = await asyncio.wait_for(granted, deadline - time.monotonic())
                 except asyncio.TimeoutError:
                     raise QueueTimeoutError(
                         f"no slot of queue {queue_id!r} within {timeout} s") from None
                 finally:
                     line.waiters.pop(granted, None)
-                if admitted:
-                    break
+                if answer == -1:  # out of line: take a place again
+                    answer = await self._acquire(
+                        keys=keys, args=[item_id, max_concurrent, self._ttl_ms])
         except BaseException:
             # Timeout, cancellation or a Redis error: whether or not the last script ran,
             # removing the item everywhere leaves neither a ghost waiter nor a leaked slot.
@@ -259,9 +281,10 @@ class RedisBackend(QueueBackend):
                 logger.warning("removing queue %r item %r failed", queue_id, item_id,
                                exc_info=True)
             raise
-        self._renewers[(queue_id, item_id)] = asyncio.create_task(
-            self._keep_lease(keys[2], queue_id, item_id)
-        )
+        # _HELD: the slot is another process's caller's, with the same item id; if this
+        # caller had a place in line, that caller's grant took it. Nothing is left here
+        # that is this caller's to remove.
+        return int(answer)
 
     async def _pump(self, queue_id: str, line: _Line) -> None:
         """Ask for every waiting item of this process's ``line`` in one script run, until
@@ -290,7 +313,7 @@ class RedisBackend(QueueBackend):
                 for (granted, _item), result in zip(asked, results, strict=True):
                     # A waiter that gave up meanwhile removes its item itself.
                     if result != 0 and not granted.done():
-                        granted.set_result(result == 1)
+                        granted.set_result(int(result))
         finally:
             line.pump = None
             if self._lines.get(queue_id) is line and not line.waiters:
@@ -355,9 +378,9 @@ class _Line:
     __slots__ = ("pump", "waiters", "wake")
 
     def __init__(self) -> None:
-        # Each waiter's future (set to True on admission, False when its item is no
-        # longer in line and must take its place again) -> (item id, max_concurrent).
-        # Keyed by the future: two callers waiting with one item id both get an answer.
-        self.waiters: dict[asyncio.Future[bool], tuple[str, int]] = {}
+        # Each waiter's future (set to the script's answer for its item: 1 admitted, -1
+        # no longer in line, _HELD another caller holds its slot) -> (item id,
+        # max_concurrent).
+        self.waiters: dict[asyncio.Future[int], tuple[str, int]] = {}
         self.pump: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
