@@ -14,7 +14,6 @@ Run: ``.venv/bin/python -m pytest bench/test_parser_bench.py --benchmark-only``.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -152,9 +151,7 @@ def test_plain_ratios_paired(benchmark: Any, corpus: Path) -> None:
     after round, and taking the median of the per-round ratios cancels most of it.
     Targets: route >= 50x naive, materialize >= 10x (figures in extra_info).
     """
-    if os.environ.get("GENESIS_NO_EXTENSIONS") == "1":
-        pytest.skip("GENESIS_NO_EXTENSIONS=1: the compiled twin is disabled on purpose")
-    twin = parser_twin("compiled")
+    twin = parser_twin("compiled")  # skips when GENESIS_NO_EXTENSIONS=1
     chunks = _chunks((corpus / "plain.bin").read_bytes())
 
     def best_of_3(run: Callable[[], object]) -> float:

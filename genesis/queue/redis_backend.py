@@ -230,21 +230,20 @@ class RedisBackend(QueueBackend):
             raise already_holds(queue_id, item_id)
         if wait in self._waits:
             raise already_waiting(queue_id, item_id)
+        keys = self._keys(queue_id)
         self._waits.add(wait)
         try:
-            answer = await self._wait(queue_id, item_id, max_concurrent, timeout)
+            answer = await self._wait(keys, queue_id, item_id, max_concurrent, timeout)
         finally:
             self._waits.discard(wait)
         if answer == _HELD:
             raise already_holds(queue_id, item_id)
-        self._renewers[wait] = asyncio.create_task(
-            self._keep_lease(self._keys(queue_id)[2], queue_id, item_id)
-        )
+        self._renewers[wait] = asyncio.create_task(self._keep_lease(keys[2], queue_id, item_id))
 
-    async def _wait(self, queue_id: str, item_id: str, max_concurrent: int,
+    async def _wait(self, keys: list[str], queue_id: str, item_id: str, max_concurrent: int,
                     timeout: float | None) -> int:
-        """Wait for ``item_id``'s slot: 1 once it holds it, or _HELD (nothing changed)."""
-        keys = self._keys(queue_id)
+        """Wait for ``item_id``'s slot (``keys``: the queue's): 1 once it holds it, or
+        _HELD (nothing changed)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             # On its own first: admission at once needs no pump, and this takes the
