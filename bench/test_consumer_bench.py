@@ -10,7 +10,10 @@ new connection and ends when the client has seen every event.
 - consumer_traced_1pct / consumer_traced_100pct: the same with the OTel SDK configured
   (TracerProvider, a processor that drops spans) and GENESIS_EVENT_SPAN_RATIO 0.01 / 1.0,
   every header flattened (~75 attributes per span, the default);
-- consumer_traced_1pct_allowlist: 1% with a 9-header GENESIS_EVENT_SPAN_HEADERS (report only).
+- consumer_traced_1pct_allowlist: 1% with a 9-header GENESIS_EVENT_SPAN_HEADERS (report only);
+- sdk_span_inline_1pct: no Genesis tracing; the handler itself starts and ends a bare SDK span
+  (no attributes) on every hundredth event, the ordinary way to instrument a handler (report
+  only): what the SDK's span alone costs this consumer, the yardstick for the 1% figures.
 
 Rates use a bench's best round: the CPU is shared, and interference only ever slows a
 round down. Targets: consumer >= 40% of the floor; 1% traced (every header) >= 85% of
@@ -171,6 +174,41 @@ def run_consumer(port: int, events: int) -> None:
     uvloop.run(main())
 
 
+def inline_spans(tracer: Any) -> Callable[[int, int], None]:
+    """``run_consumer`` whose handler also starts and ends a bare span of ``tracer``, a root
+    span like ``process_event``, on every hundredth event."""
+    from opentelemetry.context import Context
+
+    root = Context()
+
+    def run(port: int, events: int) -> None:
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[None] = loop.create_future()
+            app = Consumer("127.0.0.1", port, reconnect=False)
+            count = 0
+
+            @app.handle("*")
+            def handler(event: ESLEvent) -> None:
+                nonlocal count
+                event.get("Event-Name")
+                event.get("Unique-ID")
+                count += 1
+                if count % 100 == 0:
+                    tracer.start_span("process_event", root).end()
+                if count == events:
+                    done.set_result(None)
+
+            runner = asyncio.ensure_future(app.start())
+            await asyncio.wait_for(done, 60)
+            await app.stop()
+            await runner
+
+        uvloop.run(main())
+
+    return run
+
+
 def measure(benchmark: Any, key: str, run: Callable[[int, int], None],
             blaster: tuple[int, int]) -> None:
     port, events = blaster
@@ -189,12 +227,15 @@ def measure(benchmark: Any, key: str, run: Callable[[int, int], None],
 
 
 def paired_ratio(benchmark: Any, blaster: tuple[int, int], use_sdk: Callable[[bool], None],
-                 label: str) -> float | None:
+                 label: str, traced_run: Callable[[int, int], None] = run_consumer,
+                 ) -> float | None:
     """Traced over untraced rate: the median of adjacent (untraced, traced) round pairs.
 
     Two rounds run back to back see the same machine load, so each pair's ratio cancels
     the load drift that separate benches (or best rounds taken minutes apart) do not.
-    A smoke run (``--benchmark-disable``) runs one pair and returns None.
+    ``use_sdk(traced)`` sets up each round, which runs ``run_consumer`` untraced and
+    ``traced_run`` traced. A smoke run (``--benchmark-disable``) runs one pair and
+    returns None.
     """
     port, events = blaster
     pairs = []
@@ -204,7 +245,7 @@ def paired_ratio(benchmark: Any, blaster: tuple[int, int], use_sdk: Callable[[bo
         for traced in (False, True):
             use_sdk(traced)
             start = time.perf_counter()
-            run_consumer(port, events)
+            (traced_run if traced else run_consumer)(port, events)
             took[traced] = time.perf_counter() - start
             best[traced] = min(best[traced], took[traced])
         pairs.append(took[False] / took[True])
@@ -221,14 +262,21 @@ def paired_ratio(benchmark: Any, blaster: tuple[int, int], use_sdk: Callable[[bo
     return ratio
 
 
+def sdk_provider() -> Any:
+    """The benches' SDK tracer provider: a processor receives every span and exports nothing."""
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+
+    provider = TracerProvider()
+    provider.add_span_processor(SpanProcessor())
+    return provider
+
+
 @pytest.fixture
 def sdk(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[bool], None]]:
     """Installs an SDK tracer provider; the yielded switch turns it off (API proxy) and on."""
     from opentelemetry import trace
-    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 
-    provider = TracerProvider()
-    provider.add_span_processor(SpanProcessor())  # receives every span, exports nothing
+    provider = sdk_provider()
     proxy = trace.ProxyTracerProvider()
     current: list[trace.TracerProvider] = [provider]
     monkeypatch.setattr(trace, "get_tracer_provider", lambda: current[0])
@@ -269,6 +317,16 @@ def test_consumer_traced_1pct_allowlist(
     tracing.configure(event_span_ratio=0.01, event_span_headers=ALLOWLIST)
     measure(benchmark, "traced_1pct_allowlist", run_consumer, blaster)
     paired_ratio(benchmark, blaster, sdk, "traced 1% (9-header allowlist)")
+
+
+def test_sdk_span_inline_1pct(benchmark: Any, blaster: tuple[int, int]) -> None:
+    """The yardstick: the SDK's bare span in the handler, every hundredth event, no Genesis
+    tracing (no SDK provider is installed, so Genesis traces nothing)."""
+    assert tracing.event_spans() is None
+    run = inline_spans(sdk_provider().get_tracer("bench"))
+    measure(benchmark, "sdk_span_inline_1pct", run, blaster)
+    paired_ratio(benchmark, blaster, lambda traced: None,
+                 "bare SDK span in the handler, 1 in 100 events", traced_run=run)
 
 
 def test_consumer_traced_100pct(
