@@ -265,7 +265,7 @@ class Inbound(Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         was_ready = self._ready
         super().connection_lost(exc)
-        reason = f"{exc}" if exc else "closed by peer"
+        reason = self._loss_reason(exc)
         waiter = self._auth_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(ConnectionLost(reason))

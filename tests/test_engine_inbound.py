@@ -152,7 +152,25 @@ async def test_protocol_error_closes_loudly_and_delivers_earlier_replies(server:
     assert first.result().body == "ok"
     exc = second.exception()
     assert isinstance(exc, ConnectionLost) and "protocol error" in str(exc)
+    # The connection's end names the error too, not "closed by peer": Genesis closed it.
+    with pytest.raises(ConnectionLost, match="protocol error: frame Content-Length"):
+        await asyncio.wait_for(client.wait_closed(), 5)
     await client.stop()
+
+
+async def test_malformed_first_frame_fails_start_naming_the_protocol_error() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"Content-Type: auth/request\nContent-Length: -1\n\n")
+        await reader.read()
+        writer.close()
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    client = Inbound("127.0.0.1", port, "ClueCon", timeout=2)
+    with pytest.raises(ConnectionError, match=r"auth/request: protocol error: .*Content-Length"):
+        await asyncio.wait_for(client.start(), 5)
+    srv.close()
+    await srv.wait_closed()
 
 
 async def test_never_sends_auth_request_start_fails_in_time() -> None:

@@ -91,6 +91,9 @@ class Protocol(asyncio.Protocol):
         self._customs: set[str] = set()
         self._filters: dict[tuple[str, str], int] = {}
         self._ever_connected = False
+        # The ProtocolError that made this side abort the connection, for the reason it
+        # reports: connection_lost() is then told nothing (None), as for a clean close.
+        self._failure: ProtocolError | None = None
         # False while a new connection is not yet usable (Inbound: before auth succeeds);
         # user commands are refused then, so none can slip in ahead of ``auth``.
         self._ready = False
@@ -184,6 +187,7 @@ class Protocol(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
         self._parser = Parser(share=True)
+        self._failure = None
         self._ever_connected = True
         self._ready = self._ready_on_connect
         peer = transport.get_extra_info("peername")
@@ -294,7 +298,7 @@ class Protocol(asyncio.Protocol):
         self._parser = None
         self._ready = False
         self._dispatcher.attach(None)
-        reason = f"connection lost ({exc})" if exc else "connection closed by peer"
+        reason = f"connection lost ({self._loss_reason(exc)})"
         if partial:
             reason += f" in the middle of a frame ({partial} bytes unparsed)"
         self._fail_waiters(reason)
@@ -322,8 +326,18 @@ class Protocol(asyncio.Protocol):
     def _rude_rejection(self, notice: ESLEvent) -> None:
         logger.error("FreeSWITCH refused the connection: %s", (notice.body or "").strip())
 
+    def _loss_reason(self, exc: Exception | None) -> str:
+        """Why the connection ended: the transport's error, the protocol error this side
+        aborted it for (``connection_lost`` then gets None), or the peer closing it."""
+        if exc is not None:
+            return str(exc)
+        if self._failure is not None:
+            return f"protocol error: {self._failure}"
+        return "closed by peer"
+
     def _protocol_error(self, exc: ProtocolError) -> None:
         logger.error("closing the connection: %s", exc)
+        self._failure = exc
         transport = self._transport
         self._fail_waiters(f"protocol error: {exc}")
         if transport is not None:
