@@ -60,17 +60,19 @@ class ProtocolError(GenesisError):
     """The peer sent bytes that are not valid Event Socket framing.
 
     ``offset`` is the position in the stream (bytes fed since the last reset)
-    where the bad frame starts; ``excerpt`` is a short, printable excerpt of it.
-    ``messages`` holds the messages the same ``Parser.feed()`` call completed
-    before the bad frame, so that none of them is lost.
+    where the bad frame starts, or None for a well-formed frame the engine cannot
+    place in the conversation (it found no position to report); ``excerpt`` is a
+    short, printable excerpt of it. ``messages`` holds the messages the same
+    ``Parser.feed()`` call completed before the bad frame, so that none of them is lost.
     """
 
-    def __init__(self, message: str, offset: int = 0, excerpt: bytes = b"") -> None:
+    def __init__(self, message: str, offset: int | None = 0, excerpt: bytes = b"") -> None:
         self.reason = message
         self.offset = offset
         self.excerpt = excerpt
         self.messages: list[Any] = []
-        super().__init__(f"{message} at offset {offset}: {excerpt[:64]!r}")
+        where = "" if offset is None else f" at offset {offset}"
+        super().__init__(f"{message}{where}: {excerpt[:64]!r}")
 
 
 class ChannelError(GenesisError):

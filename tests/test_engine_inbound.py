@@ -158,6 +158,47 @@ async def test_protocol_error_closes_loudly_and_delivers_earlier_replies(server:
     await client.stop()
 
 
+@pytest.mark.parametrize("frame", [
+    b"Content-Type: text/weird\nContent-Length: 5\n\nhello",
+    b"Reply-Text: +OK no content type\n\n",
+], ids=["unknown", "missing"])
+async def test_unknown_frame_with_commands_in_flight_closes_instead_of_shifting_replies(
+    server: ESLServer, frame: bytes,
+) -> None:
+    """Replies are matched in order: a frame that may be the first command's reply
+    cannot be skipped, or the second command's reply would go to the first."""
+    def answer(conn: object, text: str) -> bool:
+        if text == "api one":
+            conn.write(frame)  # type: ignore[attr-defined]
+            return True
+        return False
+
+    server.on_command = answer
+    client = Inbound("127.0.0.1", server.port, "ClueCon", timeout=2)
+    await client.start()
+    first = asyncio.ensure_future(client.send("api one"))
+    second = asyncio.ensure_future(client.send("api echo two"))
+    done, _ = await asyncio.wait([first, second], timeout=5)
+    assert len(done) == 2
+    for task in (first, second):
+        exc = task.exception()
+        assert isinstance(exc, ConnectionLost), exc
+        assert "unknown Content-Type" in str(exc)
+    assert not client.is_connected
+    await client.stop()
+
+
+async def test_unknown_frame_with_no_command_in_flight_is_skipped(server: ESLServer) -> None:
+    client = Inbound("127.0.0.1", server.port, "ClueCon", timeout=2)
+    await client.start()
+    server.broadcast(b"Content-Type: text/weird\nContent-Length: 5\n\nhello")
+    await asyncio.sleep(0.05)
+    reply = await asyncio.wait_for(client.send("api echo still here"), 5)
+    assert reply.kind == KIND_API_RESPONSE
+    assert client.is_connected
+    await client.stop()
+
+
 async def test_malformed_first_frame_fails_start_naming_the_protocol_error() -> None:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"Content-Type: auth/request\nContent-Length: -1\n\n")

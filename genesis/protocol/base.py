@@ -286,9 +286,26 @@ class Protocol(asyncio.Protocol):
                 self._rude_rejection(message)
             elif kind == KIND_LOG:
                 dispatch(message, "LOG")
-            elif logger.isEnabledFor(logging.WARNING):
-                logger.warning("ignored a frame of unknown type %r", message.content_type)
+            else:
+                self._unknown_frame(message)
         return others
+
+    def _unknown_frame(self, message: ESLEvent) -> None:
+        """A frame of a Content-Type the protocol does not define (or none at all).
+
+        With no command in flight it cannot be a reply, and is skipped with a warning.
+        With commands in flight it may be the reply to the oldest one: replies carry no
+        id and are matched in order, so skipping it would hand each later reply to the
+        command before its own. The connection is then closed as for malformed framing
+        (the ProtocolError ends the chunk's routing; every pending command fails).
+        """
+        if self._pending:
+            raise ProtocolError(
+                f"frame of unknown Content-Type {message.content_type!r} while "
+                f"{len(self._pending)} command(s) await replies: replies can no longer be "
+                "matched to commands", None, (message.content_type or "").encode())
+        if logger.isEnabledFor(logging.WARNING):
+            logger.warning("ignored a frame of unknown type %r", message.content_type)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._span_batch.close()
