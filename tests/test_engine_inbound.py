@@ -16,6 +16,7 @@ from genesis.exceptions import (
     ConnectionError,
     ConnectionLost,
     ConnectionTimeoutError,
+    GenesisError,
     UnconnectedError,
 )
 from genesis.inbound import Gap, Inbound
@@ -196,6 +197,77 @@ async def test_unknown_frame_with_no_command_in_flight_is_skipped(server: ESLSer
     reply = await asyncio.wait_for(client.send("api echo still here"), 5)
     assert reply.kind == KIND_API_RESPONSE
     assert client.is_connected
+    await client.stop()
+
+
+async def test_concurrent_subscribe_succeeds_only_with_the_request_it_joined(
+    server: ESLServer,
+) -> None:
+    """The second caller finds the name in the ledger while the first caller's request is
+    unanswered: it must not report success before that request does."""
+    def drop(conn: object, text: str) -> bool:
+        if text.startswith("event plain"):
+            conn.transport.close()  # type: ignore[attr-defined]
+            return True
+        return False
+
+    server.on_command = drop
+    client = Inbound("127.0.0.1", server.port, "ClueCon", timeout=2)
+    await client.start()
+    first = asyncio.ensure_future(client.subscribe("CHANNEL_ANSWER"))
+    second = asyncio.ensure_future(client.subscribe("CHANNEL_ANSWER"))
+    results = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), 5)
+    assert all(isinstance(r, ConnectionLost) for r in results), results
+    assert "CHANNEL_ANSWER" not in client._events
+    await client.stop()
+
+
+async def test_concurrent_subscribe_requests_again_when_the_joined_request_is_refused(
+    server: ESLServer,
+) -> None:
+    refusals = []
+
+    def refuse_once(conn: object, text: str) -> bool:
+        if text.startswith("event plain") and not refusals:
+            refusals.append(text)
+            conn.write(reply("-ERR not now"))  # type: ignore[attr-defined]
+            return True
+        return False
+
+    server.on_command = refuse_once
+    client = Inbound("127.0.0.1", server.port, "ClueCon", timeout=2)
+    await client.start()
+    first = asyncio.ensure_future(client.subscribe("CHANNEL_ANSWER"))
+    second = asyncio.ensure_future(client.subscribe("CHANNEL_ANSWER"))
+    results = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), 5)
+    assert isinstance(results[0], GenesisError) and "not now" in str(results[0])
+    assert results[1] is None
+    assert "CHANNEL_ANSWER" in client._events
+    assert sum(f.startswith(b"event plain") for f in server.received) == 2
+    await client.stop()
+
+
+async def test_concurrent_add_filter_sends_again_when_the_first_add_is_refused(
+    server: ESLServer,
+) -> None:
+    refusals = []
+
+    def refuse_once(conn: object, text: str) -> bool:
+        if text.startswith("filter ") and not refusals:
+            refusals.append(text)
+            conn.write(reply("-ERR not now"))  # type: ignore[attr-defined]
+            return True
+        return False
+
+    server.on_command = refuse_once
+    client = Inbound("127.0.0.1", server.port, "ClueCon", timeout=2)
+    await client.start()
+    first = asyncio.ensure_future(client.add_filter("Unique-ID", "abc"))
+    second = asyncio.ensure_future(client.add_filter("Unique-ID", "abc"))
+    results = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), 5)
+    assert isinstance(results[0], GenesisError) and results[1] is None
+    assert client._filters == {("Unique-ID", "abc"): 1}
+    assert sum(f.startswith(b"filter Unique-ID abc") for f in server.received) == 2
     await client.stop()
 
 

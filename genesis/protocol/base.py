@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, cast
 from uuid import uuid4
 
@@ -90,6 +90,8 @@ class Protocol(asyncio.Protocol):
         self._events: set[str] = set()
         self._customs: set[str] = set()
         self._filters: dict[tuple[str, str], int] = {}
+        # Ledger entries whose request awaits its reply (see _begin_inflight).
+        self._inflight: dict[tuple[str, object], asyncio.Future[None]] = {}
         self._ever_connected = False
         # The ProtocolError that made this side abort the connection, for the reason it
         # reports: connection_lost() is then told nothing (None), as for a clean close.
@@ -592,41 +594,86 @@ class Protocol(asyncio.Protocol):
         GenesisError and leaves the ledger unchanged.
         """
         events, customs = commands.split_event_names(names)
-        if "ALL" in self._events:
-            return
         if "ALL" in events:
             events, customs = ["ALL"], []
-        new_events = [e for e in dict.fromkeys(events) if e not in self._events]
-        new_customs = [c for c in dict.fromkeys(customs) if c not in self._customs]
-        if not new_events and not new_customs:
-            return
-        frame = commands.encode_event_command(new_events, new_customs)
-        self._events.update(new_events)
-        self._customs.update(new_customs)
+        events = list(dict.fromkeys(events))
+        customs = list(dict.fromkeys(customs))
+        while True:
+            if "ALL" in self._events:
+                events, customs = ["ALL"], []
+            keys = [("event", e) for e in events] + [("custom", c) for c in customs]
+            joined = {self._inflight[k] for k in keys if k in self._inflight}
+            new_events = [e for e in events if e not in self._events]
+            new_customs = [c for c in customs if c not in self._customs]
+            if new_events or new_customs:
+                await self._subscribe(new_events, new_customs)
+            if not joined:
+                return
+            # Another caller's request for some of these names is still unanswered: they
+            # are subscribed only if it succeeds. Its outcome is read from the ledger
+            # afterwards, and names it failed to add are requested again by this call.
+            await asyncio.wait(joined)
+
+    async def _subscribe(self, events: list[str], customs: list[str]) -> None:
+        """Send one ``event plain`` for names not in the ledger; they are in it meanwhile."""
+        frame = commands.encode_event_command(events, customs)
+        self._events.update(events)
+        self._customs.update(customs)
+        keys = [("event", e) for e in events] + [("custom", c) for c in customs]
+        done = self._begin_inflight(keys)
         try:
             reply = await self._request(frame, "event", None)
         except BaseException:
-            self._events.difference_update(new_events)
-            self._customs.difference_update(new_customs)
+            self._events.difference_update(events)
+            self._customs.difference_update(customs)
             raise
+        finally:
+            self._end_inflight(keys, done)
         if not is_ok(reply):
-            self._events.difference_update(new_events)
-            self._customs.difference_update(new_customs)
+            self._events.difference_update(events)
+            self._customs.difference_update(customs)
             raise GenesisError(f"subscription refused: {_reply_text(reply)}")
+
+    def _begin_inflight(self, keys: Sequence[tuple[str, object]]) -> asyncio.Future[None]:
+        """Note that a request adding ``keys`` to the ledger awaits its reply.
+
+        The ledger holds them meanwhile, so a concurrent caller would see them and
+        return at once, though the request may still fail (refused, or the connection
+        lost): such a caller waits for the returned future instead (``subscribe``,
+        ``add_filter``).
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for key in keys:
+            self._inflight[key] = done
+        return done
+
+    def _end_inflight(self, keys: Sequence[tuple[str, object]],
+                      done: asyncio.Future[None]) -> None:
+        for key in keys:
+            if self._inflight.get(key) is done:
+                del self._inflight[key]
+        done.set_result(None)
 
     async def add_filter(self, header: str, value: str) -> None:
         """Add a ``filter``; reference counted, the wire command goes on the first add only."""
         frame = commands.encode_filter(header, value)
         key = (header, value)
+        while ("filter", key) in self._inflight:
+            # The first add's request is unanswered: wait for it, then count as its
+            # caller would have (or send the filter, if that add failed).
+            await asyncio.wait([self._inflight["filter", key]])
         count = self._filters.get(key, 0)
         self._filters[key] = count + 1
         if count:
             return
+        done = self._begin_inflight([("filter", key)])
         try:
             reply = await self._request(frame, "filter", None)
         except BaseException:
             self._forget_filter(key)
             raise
+        finally:
+            self._end_inflight([("filter", key)], done)
         if not is_ok(reply):
             self._forget_filter(key)
             raise GenesisError(f"filter refused: {_reply_text(reply)}")
