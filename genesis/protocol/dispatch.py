@@ -1,9 +1,10 @@
 """Event routing and the bounded runner for async handlers.
 
 Routing is two dictionary lookups per event (the event's name, then ``"*"``), plus one by
-Unique-ID only while channel handlers exist. Handler lists are replaced, never mutated, so
-a handler may add or remove handlers while the list it belongs to is being walked, and the
-walk needs no copy.
+Unique-ID only while channel handlers exist; a repeated Unique-ID (a list, like any repeated
+header) routes by its last value, as a repeated Event-Name does. Handler lists are replaced,
+never mutated, so a handler may add or remove handlers while the list it belongs to is being
+walked, and the walk needs no copy.
 
 A handler is called inline, on the loop, in event order: a plain function completes there.
 If it returns an awaitable (a coroutine function, a ``functools.partial`` of one, an object
@@ -13,6 +14,8 @@ per event. The backlog is the only buffer: when it reaches ``max_pending`` the t
 stops reading (TCP backpressure reaches FreeSWITCH, which queues up to 100,000 events per
 connection itself), and reading resumes once half of it has drained. Memory is therefore
 bounded by ``max_pending`` plus the events of one received chunk, whatever the event rate.
+A handler failure, a CancelledError it raises included, is logged and the worker goes on;
+only the cancellation of the worker itself (:meth:`Dispatcher.close`, loop shutdown) ends it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import sys
 from collections import deque
 from collections.abc import Awaitable
 from time import monotonic
@@ -34,6 +38,33 @@ if TYPE_CHECKING:
     from genesis.protocol.parser import ESLEvent
 
 logger = logging.getLogger("genesis.protocol")
+
+if sys.version_info >= (3, 11):
+
+    def _cancelling(task: asyncio.Task[None]) -> int:
+        return task.cancelling()
+
+else:
+
+    def _cancelling(task: asyncio.Task[None]) -> int:
+        # 3.10 keeps no count of cancel requests, so only close() (which sets _closing) is
+        # told apart there; any other cancel is taken for the handler's, and the worker
+        # goes on until the backlog is empty.
+        return 0
+
+
+def _channel_uuid(value: Any) -> str | None:
+    """The channel a non-str Unique-ID routes to: the last value of a repeated one.
+
+    The parser gives a repeated header as a list; FreeSWITCH addresses the event to the
+    last one, exactly as the routing name is the last Event-Name. Anything else, or an
+    empty value, is no channel's.
+    """
+    if isinstance(value, list) and value:
+        last = value[-1]
+        if isinstance(last, str) and last:
+            return last
+    return None
 
 
 class Dispatcher:
@@ -53,6 +84,9 @@ class Dispatcher:
         # later, and a submit in between must still see a free slot.
         self._worker_count = 0
         self._running = 0
+        # True while close() cancels the workers: on 3.10, the only way a worker can tell
+        # its own cancellation from a CancelledError its handler raised.
+        self._closing = False
         self._transport: asyncio.Transport | None = None
         self.paused = False
         self.pauses = 0
@@ -111,6 +145,8 @@ class Dispatcher:
             self._run(found, event)
         if self.channels:
             uuid = event.get("Unique-ID")
+            if type(uuid) is not str and uuid is not None:
+                uuid = _channel_uuid(uuid)  # a list is unhashable: never a dict key
             if uuid is not None:
                 table = self.channels.get(uuid)
                 if table is not None:
@@ -150,8 +186,17 @@ class Dispatcher:
             self._pause()
 
     async def _work(self) -> None:
+        """Drain the backlog; a handler's failure is logged, the worker's own cancel ends it.
+
+        A worker only ends with items left when close() cancels it (close() discards them),
+        when its task is cancelled otherwise (loop shutdown: a replacement task would
+        outlive the loop) or on KeyboardInterrupt/SystemExit (the loop stops), so it never
+        hands the rest over to a new worker.
+        """
         backlog = self._backlog
         try:
+            worker = asyncio.current_task()
+            assert worker is not None  # _work only ever runs as the task submit() created
             while backlog:
                 awaitable, _queued, trace_context = backlog.popleft()
                 self._running += 1
@@ -165,6 +210,12 @@ class Dispatcher:
                             await awaitable
                         finally:
                             reset_context(token)
+                except asyncio.CancelledError:
+                    # Awaiting a task someone cancelled raises this too: a handler failure,
+                    # which must not leave the backlog (and paused reading) without a worker.
+                    if self._closing or _cancelling(worker):
+                        raise
+                    logger.exception("async event handler failed")
                 except Exception:
                     logger.exception("async event handler failed")
                 finally:
@@ -212,12 +263,16 @@ class Dispatcher:
         """Stop the workers: let them drain for ``drain`` seconds, then cancel the rest."""
         if drain and self._workers:
             await asyncio.wait(set(self._workers), timeout=drain)
-        for task in list(self._workers):
-            task.cancel()
-        if self._workers:
-            await asyncio.wait(set(self._workers), timeout=1.0)
-        while self._backlog:
-            awaitable, _queued, _context = self._backlog.popleft()
-            close = getattr(awaitable, "close", None)
-            if close is not None:
-                close()  # a coroutine that will never run: silence "never awaited"
+        self._closing = True
+        try:
+            for task in list(self._workers):
+                task.cancel()
+            if self._workers:
+                await asyncio.wait(set(self._workers), timeout=1.0)
+            while self._backlog:
+                awaitable, _queued, _context = self._backlog.popleft()
+                close = getattr(awaitable, "close", None)
+                if close is not None:
+                    close()  # a coroutine that will never run: silence "never awaited"
+        finally:
+            self._closing = False  # Inbound.start() may run the dispatcher again
