@@ -10,6 +10,15 @@ with exponential backoff and jitter; each re-authenticates, then re-issues the s
 and filters in the ledger before user commands are accepted again. Commands that were in
 flight are never re-sent (they may have run): they failed with ConnectionLost. Events sent
 while disconnected are lost; the gap is logged and reported to ``on_gap``.
+
+The backoff carries over from one loss to the next: a server that accepts each connection
+and then drops it at once is retried ever more slowly (up to ``reconnect_max_delay``), not
+every ``reconnect_delay``. It starts over from ``reconnect_delay`` only when the connection
+lost had stayed up at least ``reconnect_max_delay`` seconds (as long as the longest wait: a
+server that held that long is taken to be healthy again).
+
+``stop()`` wins over a connect in progress: ``start()`` (or a reconnect) racing it closes the
+connection it opened and raises ConnectionError ("stopped while connecting").
 """
 
 from __future__ import annotations
@@ -20,10 +29,10 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from genesis import tracing
 from genesis.exceptions import (
@@ -38,6 +47,8 @@ from genesis.protocol.base import Protocol, _reply_text, is_ok
 from genesis.protocol.parser import ESLEvent
 
 logger = logging.getLogger("genesis.inbound")
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -59,7 +70,12 @@ class Gap:
 
 
 class Inbound(Protocol):
-    """A client connection to FreeSWITCH: ``async with Inbound(host, port, password) as c``."""
+    """A client connection to FreeSWITCH: ``async with Inbound(host, port, password) as c``.
+
+    With ``reconnect=True`` a lost connection is re-established with backoff from
+    ``reconnect_delay`` doubling up to ``reconnect_max_delay``, carried across losses until a
+    connection stays up ``reconnect_max_delay`` seconds (see the module docstring).
+    """
 
     _ready_on_connect = False
 
@@ -94,6 +110,12 @@ class Inbound(Protocol):
         self._reconnector: asyncio.Task[None] | None = None
         self._callbacks: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        # The wait before the next reconnect's first attempt: grows across losses of
+        # short-lived connections, so a flapping server is not hammered.
+        self._backoff = reconnect_delay
+        # loop.time() the current connection became usable: how long it held decides
+        # whether the backoff starts over.
+        self._up_since = 0.0
 
     def __repr__(self) -> str:
         state = "connected" if self.is_connected else "not connected"
@@ -127,11 +149,13 @@ class Inbound(Protocol):
         """Connect and authenticate (each stage bounded by ``timeout``).
 
         Raises ConnectionTimeoutError, ConnectionError (refused, unreachable: the OSError
-        is the cause) or AuthenticationError. May be called again after :meth:`stop`.
+        is the cause; or :meth:`stop` was called meanwhile) or AuthenticationError. May be
+        called again after :meth:`stop`.
         """
         if self._transport is not None or self._reconnector is not None:
             raise GenesisError("already started: call stop() first")
         self._stopping = False
+        self._backoff = self.reconnect_delay
         self._closed = asyncio.get_running_loop().create_future()
         try:
             await self._open()
@@ -199,9 +223,9 @@ class Inbound(Protocol):
         where = f"{self.host}:{self.port}"
         self._auth_waiter = loop.create_future()
         try:
-            await asyncio.wait_for(
+            await self._step(asyncio.wait_for(
                 loop.create_connection(lambda: self, self.host, self.port), self.timeout
-            )
+            ))
         except asyncio.TimeoutError as exc:
             raise ConnectionTimeoutError(
                 f"connecting to {where} timed out ({self.timeout}s)") from exc
@@ -209,10 +233,10 @@ class Inbound(Protocol):
             raise ConnectionError(f"cannot connect to {where}: {exc.strerror or exc}") from exc
         stage = "waiting for auth/request"
         try:
-            await asyncio.wait_for(self._auth_waiter, self.timeout)
+            await self._step(asyncio.wait_for(self._auth_waiter, self.timeout))
             stage = "waiting for the auth reply"
             frame = b"auth " + self._password.encode() + b"\n\n"
-            reply = await self._request(frame, "auth", self.timeout, early=True)
+            reply = await self._step(self._request(frame, "auth", self.timeout, early=True))
         except asyncio.TimeoutError as exc:
             self._abort()
             raise ConnectionTimeoutError(f"{where}: timed out {stage} ({self.timeout}s)") from exc
@@ -224,8 +248,31 @@ class Inbound(Protocol):
         if _reply_text(reply) != "+OK accepted":
             self._abort()
             raise AuthenticationError(f"{where} refused the password: {_reply_text(reply)}")
-        await self._restore_ledger()
+        await self._step(self._restore_ledger())
         self._ready = True
+        self._up_since = loop.time()
+
+    async def _step(self, step: Awaitable[_T]) -> _T:
+        """Await one step of connecting; once stop() has been called, the sequence ends.
+
+        stop() cannot close a connection create_connection has not returned yet, nor undo
+        a step that completed just before it ran: so the check follows every step, and a
+        connection it finds is closed here, before start() (or a reconnect) could use it.
+        """
+        try:
+            result = await step
+        except Exception as exc:
+            if not self._stopping:
+                raise
+            cause: Exception | None = exc
+        else:
+            if not self._stopping:
+                return result
+            cause = None
+        # Nobody awaits the auth waiter from here on: the close must not fail it unseen.
+        self._auth_waiter = None
+        await self._close_transport()
+        raise ConnectionError(f"{self.host}:{self.port}: stopped while connecting") from cause
 
     async def _restore_ledger(self) -> None:
         for frame in self._ledger_frames():
@@ -275,6 +322,8 @@ class Inbound(Protocol):
         if self._stopping or not was_ready:
             return
         if self.reconnect:
+            if asyncio.get_running_loop().time() - self._up_since >= self.reconnect_max_delay:
+                self._backoff = self.reconnect_delay
             logger.warning("connection to %s:%s lost (%s); reconnecting",
                            self.host, self.port, reason)
             self._reconnector = asyncio.get_running_loop().create_task(self._reconnect(reason))
@@ -286,7 +335,7 @@ class Inbound(Protocol):
 
     async def _reconnect(self, reason: str) -> None:
         lost_at = time.time()
-        delay = self.reconnect_delay
+        delay = self._backoff
         attempts = 0
         while not self._stopping:
             # Full range jitter in [delay/2, delay]: many clients of one restarted server
@@ -308,6 +357,8 @@ class Inbound(Protocol):
                 delay = min(delay * 2, self.reconnect_max_delay)
                 continue
             self._reconnector = None
+            # Should this connection drop before it proves stable, wait longer next time.
+            self._backoff = min(delay * 2, self.reconnect_max_delay)
             gap = Gap(lost_at, time.time(), attempts, reason)
             self.gaps.append(gap)
             logger.warning("reconnected to %s:%s after %.3fs (%d attempts); events in the gap"

@@ -1,0 +1,113 @@
+"""Inbound's lifecycle over real TCP: stop() racing a connect, reconnect backoff across losses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from genesis.exceptions import ConnectionError
+from genesis.inbound import Inbound
+from tests.esl_server import Connection, ESLServer, reply
+
+
+def accept_auth(server: ESLServer, drop: Callable[[int], bool]) -> list[float]:
+    """Have ``server`` note when each connection authenticates (loop time) and close the
+    n-th connection (counted from 0) right after ``+OK accepted`` when ``drop(n)``."""
+    loop = asyncio.get_running_loop()
+    stamps: list[float] = []
+
+    def on_command(conn: Connection, text: str) -> bool:
+        if not text.startswith("auth "):
+            return False
+        stamps.append(loop.time())
+        if not drop(len(stamps) - 1):
+            return False
+        conn.write(reply("+OK accepted"))
+        conn.close()
+        return True
+
+    server.on_command = on_command
+    return stamps
+
+
+def tasks_besides(*mine: asyncio.Task[object] | None) -> set[asyncio.Task[object]]:
+    """The unfinished tasks other than ``mine`` and the caller's own."""
+    skip = {*mine, asyncio.current_task()}
+    return {t for t in asyncio.all_tasks() if t not in skip and not t.done()}
+
+
+async def test_stop_while_create_connection_runs_fails_start(server: ESLServer) -> None:
+    client = Inbound("127.0.0.1", server.port, "ClueCon", timeout=2)
+    start = asyncio.ensure_future(client.start())
+    await asyncio.sleep(0)  # start() is now inside loop.create_connection
+    try:
+        await asyncio.wait_for(client.stop(), 2)
+        with pytest.raises(ConnectionError, match="stopped while connecting"):
+            await asyncio.wait_for(start, 2)
+        assert not client.is_connected and client.writer is None
+        # The server saw the connection and then its close, before any auth.
+        await server.wait_for(lambda: len(server.connections) == 1, timeout=2)
+        test = asyncio.current_task()
+        await server.wait_for(lambda: tasks_besides(test) == set(), timeout=2)
+        transport = server.connections[0].transport
+        assert transport is not None and transport.is_closing()
+        assert not any(c.startswith("auth") for c in server.commands())
+        # stop() stays the last word: nothing reconnects, and start() works again.
+        await asyncio.sleep(0.1)
+        assert len(server.connections) == 1
+        await asyncio.wait_for(client.start(), 2)
+        assert await client.api("echo again", timeout=2) == "again"
+    finally:
+        start.cancel()
+        await asyncio.wait_for(client.stop(), 2)
+
+
+async def test_flapping_server_backoff_grows_and_stop_ends_it(server: ESLServer) -> None:
+    # Every connection after the first is dropped as soon as it authenticates. Without
+    # backoff carried across losses that is one connection per ~50 ms (about 30 in 1.5 s);
+    # doubling to 0.4 s (jitter: each wait is in [delay/2, delay]) allows at most 9.
+    stamps = accept_auth(server, lambda n: n > 0)
+    loop = asyncio.get_running_loop()
+    client = Inbound("127.0.0.1", server.port, "ClueCon", timeout=1, reconnect=True,
+                     reconnect_delay=0.05, reconnect_max_delay=0.4)
+    try:
+        await asyncio.wait_for(client.start(), 2)
+        server.connections[0].close()
+        await asyncio.sleep(1.5)
+        reconnects = len(stamps) - 1
+        assert 3 <= reconnects <= 12, stamps
+        assert stamps[3] - stamps[2] >= 0.1 - 0.01  # the third reconnect waited 0.2 / 2 or more
+        assert len(client.gaps) >= reconnects - 1  # each reconnect is still a reported gap
+        started = loop.time()
+        await asyncio.wait_for(client.stop(), 1)
+        assert loop.time() - started < 0.5
+        seen = len(stamps)
+        await asyncio.sleep(0.45)  # longer than the longest wait: a live reconnector shows
+        assert len(stamps) == seen and not client.is_connected
+    finally:
+        await asyncio.wait_for(client.stop(), 2)
+
+
+async def test_backoff_starts_over_after_a_stable_connection(server: ESLServer) -> None:
+    # Connections 1 and 2 drop at once (backoff 0.05 -> 0.1 -> 0.2 -> 0.4); connection 3
+    # stays up longer than reconnect_max_delay, so its loss is retried after the base delay.
+    stamps = accept_auth(server, lambda n: n in (1, 2))
+    loop = asyncio.get_running_loop()
+    client = Inbound("127.0.0.1", server.port, "ClueCon", timeout=1, reconnect=True,
+                     reconnect_delay=0.05, reconnect_max_delay=0.4)
+    try:
+        await asyncio.wait_for(client.start(), 2)
+        server.connections[0].close()
+        await server.wait_for(lambda: len(stamps) == 4 and client.is_connected, timeout=2)
+        assert stamps[3] - stamps[2] >= 0.1 - 0.01  # grown: the wait was in [0.1, 0.2]
+        await asyncio.sleep(0.5)
+        dropped = loop.time()
+        server.connections[3].close()
+        await server.wait_for(lambda: len(stamps) == 5 and client.is_connected, timeout=2)
+        # Base delay: a wait in [0.025, 0.05]; carried over it would be in [0.2, 0.4].
+        assert stamps[4] - dropped < 0.15
+        assert len(client.gaps) == 4
+    finally:
+        await asyncio.wait_for(client.stop(), 2)
