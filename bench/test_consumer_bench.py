@@ -150,14 +150,25 @@ def run_floor(port: int, events: int) -> None:
     uvloop.run(main())
 
 
-def run_consumer(port: int, events: int) -> None:
+def consume(port: int, handler: Callable[[asyncio.Future[None]], Callable[[ESLEvent], None]],
+            ) -> None:
+    """One round: a Consumer with ``handler(done)`` on every event, until ``done``."""
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         app = Consumer("127.0.0.1", port, reconnect=False)
+        app.handle("*")(handler(done))
+        runner = asyncio.ensure_future(app.start())
+        await asyncio.wait_for(done, 60)
+        await app.stop()
+        await runner
+
+    uvloop.run(main())
+
+
+def run_consumer(port: int, events: int) -> None:
+    def reads_two_headers(done: asyncio.Future[None]) -> Callable[[ESLEvent], None]:
         count = 0
 
-        @app.handle("*")
         def handler(event: ESLEvent) -> None:
             nonlocal count
             event.get("Event-Name")
@@ -166,12 +177,9 @@ def run_consumer(port: int, events: int) -> None:
             if count == events:
                 done.set_result(None)
 
-        runner = asyncio.ensure_future(app.start())
-        await asyncio.wait_for(done, 60)
-        await app.stop()
-        await runner
+        return handler
 
-    uvloop.run(main())
+    consume(port, reads_two_headers)
 
 
 def inline_spans(tracer: Any) -> Callable[[int, int], None]:
@@ -182,13 +190,9 @@ def inline_spans(tracer: Any) -> Callable[[int, int], None]:
     root = Context()
 
     def run(port: int, events: int) -> None:
-        async def main() -> None:
-            loop = asyncio.get_running_loop()
-            done: asyncio.Future[None] = loop.create_future()
-            app = Consumer("127.0.0.1", port, reconnect=False)
+        def with_span(done: asyncio.Future[None]) -> Callable[[ESLEvent], None]:
             count = 0
 
-            @app.handle("*")
             def handler(event: ESLEvent) -> None:
                 nonlocal count
                 event.get("Event-Name")
@@ -199,12 +203,9 @@ def inline_spans(tracer: Any) -> Callable[[int, int], None]:
                 if count == events:
                     done.set_result(None)
 
-            runner = asyncio.ensure_future(app.start())
-            await asyncio.wait_for(done, 60)
-            await app.stop()
-            await runner
+            return handler
 
-        uvloop.run(main())
+        consume(port, with_span)
 
     return run
 

@@ -222,13 +222,16 @@ async def test_concurrent_subscribe_succeeds_only_with_the_request_it_joined(
     await client.stop()
 
 
-async def test_concurrent_subscribe_requests_again_when_the_joined_request_is_refused(
-    server: ESLServer,
+@pytest.mark.parametrize("verb", ["event plain", "filter"])
+async def test_concurrent_add_requests_again_when_the_joined_request_is_refused(
+    server: ESLServer, verb: str,
 ) -> None:
+    """A second subscribe or add_filter waits for the first one's request; when that is
+    refused, it sends its own (and only it succeeds)."""
     refusals = []
 
     def refuse_once(conn: object, text: str) -> bool:
-        if text.startswith("event plain") and not refusals:
+        if text.startswith(verb) and not refusals:
             refusals.append(text)
             conn.write(reply("-ERR not now"))  # type: ignore[attr-defined]
             return True
@@ -237,37 +240,18 @@ async def test_concurrent_subscribe_requests_again_when_the_joined_request_is_re
     server.on_command = refuse_once
     client = Inbound("127.0.0.1", server.port, "ClueCon", timeout=2)
     await client.start()
-    first = asyncio.ensure_future(client.subscribe("CHANNEL_ANSWER"))
-    second = asyncio.ensure_future(client.subscribe("CHANNEL_ANSWER"))
+    add = ((lambda: client.subscribe("CHANNEL_ANSWER")) if verb == "event plain"
+           else (lambda: client.add_filter("Unique-ID", "abc")))
+    first = asyncio.ensure_future(add())
+    second = asyncio.ensure_future(add())
     results = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), 5)
     assert isinstance(results[0], GenesisError) and "not now" in str(results[0])
     assert results[1] is None
-    assert "CHANNEL_ANSWER" in client._events
-    assert sum(f.startswith(b"event plain") for f in server.received) == 2
-    await client.stop()
-
-
-async def test_concurrent_add_filter_sends_again_when_the_first_add_is_refused(
-    server: ESLServer,
-) -> None:
-    refusals = []
-
-    def refuse_once(conn: object, text: str) -> bool:
-        if text.startswith("filter ") and not refusals:
-            refusals.append(text)
-            conn.write(reply("-ERR not now"))  # type: ignore[attr-defined]
-            return True
-        return False
-
-    server.on_command = refuse_once
-    client = Inbound("127.0.0.1", server.port, "ClueCon", timeout=2)
-    await client.start()
-    first = asyncio.ensure_future(client.add_filter("Unique-ID", "abc"))
-    second = asyncio.ensure_future(client.add_filter("Unique-ID", "abc"))
-    results = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), 5)
-    assert isinstance(results[0], GenesisError) and results[1] is None
-    assert client._filters == {("Unique-ID", "abc"): 1}
-    assert sum(f.startswith(b"filter Unique-ID abc") for f in server.received) == 2
+    if verb == "event plain":
+        assert "CHANNEL_ANSWER" in client._events
+    else:
+        assert client._filters == {("Unique-ID", "abc"): 1}
+    assert sum(f.startswith(verb.encode()) for f in server.received) == 2
     await client.stop()
 
 

@@ -64,14 +64,19 @@ async def test_stop_while_create_connection_runs_fails_start(server: ESLServer) 
         await asyncio.wait_for(client.stop(), 2)
 
 
+def backoff_client(server: ESLServer) -> Inbound:
+    """A reconnecting client whose backoff doubles from 0.05 s to at most 0.4 s."""
+    return Inbound("127.0.0.1", server.port, "ClueCon", timeout=1, reconnect=True,
+                   reconnect_delay=0.05, reconnect_max_delay=0.4)
+
+
 async def test_flapping_server_backoff_grows_and_stop_ends_it(server: ESLServer) -> None:
     # Every connection after the first is dropped as soon as it authenticates. Without
     # backoff carried across losses that is one connection per ~50 ms (about 30 in 1.5 s);
     # doubling to 0.4 s (jitter: each wait is in [delay/2, delay]) allows at most 9.
     stamps = accept_auth(server, lambda n: n > 0)
     loop = asyncio.get_running_loop()
-    client = Inbound("127.0.0.1", server.port, "ClueCon", timeout=1, reconnect=True,
-                     reconnect_delay=0.05, reconnect_max_delay=0.4)
+    client = backoff_client(server)
     try:
         await asyncio.wait_for(client.start(), 2)
         server.connections[0].close()
@@ -95,8 +100,7 @@ async def test_backoff_starts_over_after_a_stable_connection(server: ESLServer) 
     # stays up longer than reconnect_max_delay, so its loss is retried after the base delay.
     stamps = accept_auth(server, lambda n: n in (1, 2))
     loop = asyncio.get_running_loop()
-    client = Inbound("127.0.0.1", server.port, "ClueCon", timeout=1, reconnect=True,
-                     reconnect_delay=0.05, reconnect_max_delay=0.4)
+    client = backoff_client(server)
     try:
         await asyncio.wait_for(client.start(), 2)
         server.connections[0].close()
