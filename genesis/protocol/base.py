@@ -57,6 +57,11 @@ _INTERNAL = frozenset(
 _BLOCK_EVENTS = ("CHANNEL_EXECUTE_COMPLETE", "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE")
 
 
+def _ledger_keys(events: list[str], customs: list[str]) -> list[tuple[str, str]]:
+    """The in-flight keys (``Protocol._inflight``) of event names and CUSTOM subclasses."""
+    return [("event", e) for e in events] + [("custom", c) for c in customs]
+
+
 def _reply_text(reply: ESLEvent) -> str:
     """What a reply says: Reply-Text of a command/reply, the first line of api output."""
     if reply.kind == KIND_API_RESPONSE:
@@ -601,8 +606,8 @@ class Protocol(asyncio.Protocol):
         while True:
             if "ALL" in self._events:
                 events, customs = ["ALL"], []
-            keys = [("event", e) for e in events] + [("custom", c) for c in customs]
-            joined = {self._inflight[k] for k in keys if k in self._inflight}
+            joined = {self._inflight[k] for k in _ledger_keys(events, customs)
+                      if k in self._inflight}
             new_events = [e for e in events if e not in self._events]
             new_customs = [c for c in customs if c not in self._customs]
             if new_events or new_customs:
@@ -619,20 +624,18 @@ class Protocol(asyncio.Protocol):
         frame = commands.encode_event_command(events, customs)
         self._events.update(events)
         self._customs.update(customs)
-        keys = [("event", e) for e in events] + [("custom", c) for c in customs]
+        keys = _ledger_keys(events, customs)
         done = self._begin_inflight(keys)
         try:
             reply = await self._request(frame, "event", None)
+            if not is_ok(reply):
+                raise GenesisError(f"subscription refused: {_reply_text(reply)}")
         except BaseException:
             self._events.difference_update(events)
             self._customs.difference_update(customs)
             raise
         finally:
             self._end_inflight(keys, done)
-        if not is_ok(reply):
-            self._events.difference_update(events)
-            self._customs.difference_update(customs)
-            raise GenesisError(f"subscription refused: {_reply_text(reply)}")
 
     def _begin_inflight(self, keys: Sequence[tuple[str, object]]) -> asyncio.Future[None]:
         """Note that a request adding ``keys`` to the ledger awaits its reply.
@@ -666,14 +669,15 @@ class Protocol(asyncio.Protocol):
         self._filters[key] = count + 1
         if count:
             return
-        done = self._begin_inflight([("filter", key)])
+        inflight = [("filter", key)]
+        done = self._begin_inflight(inflight)
         try:
             reply = await self._request(frame, "filter", None)
         except BaseException:
             self._forget_filter(key)
             raise
         finally:
-            self._end_inflight([("filter", key)], done)
+            self._end_inflight(inflight, done)
         if not is_ok(reply):
             self._forget_filter(key)
             raise GenesisError(f"filter refused: {_reply_text(reply)}")

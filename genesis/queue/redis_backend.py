@@ -55,7 +55,8 @@ redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 # its heartbeat renewed. ``grant``: 1 granted, 0 waiting. Before it, both scripts answer
 # _HELD for an item that holds a slot already: its holder is another caller with the same
 # item id (a caller's own grant is never asked about again), who keeps the slot.
-_GRANT = """
+_GRANT = f"""
+local HELD = {_HELD}
 local function grant(item, rank, ahead, limit, ttl)
   if rank - ahead < limit - redis.call('ZCARD', KEYS[3]) then
     redis.call('ZREM', KEYS[1], item)
@@ -91,7 +92,7 @@ _ACQUIRE = (
     + _GRANT
     + """
 local ttl = tonumber(ARGV[3])
-if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return -2 end
+if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return HELD end
 local rank = redis.call('ZRANK', KEYS[1], ARGV[1])
 if not rank then
   redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[4]), ARGV[1])
@@ -118,7 +119,7 @@ for i = 2, #ARGV, 2 do
   local item = ARGV[i]
   local idx = i / 2
   if redis.call('ZSCORE', KEYS[3], item) then
-    results[idx] = -2
+    results[idx] = HELD
   else
     local rank = redis.call('ZRANK', KEYS[1], item)
     if rank then
