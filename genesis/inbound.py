@@ -105,7 +105,7 @@ class Inbound(Protocol):
         self.on_gap = on_gap
         self.gaps: deque[Gap] = deque(maxlen=64)
         self._auth_waiter: asyncio.Future[None] | None = None
-        self._lost_waiter: asyncio.Future[None] | None = None
+        self._lost_waiter: asyncio.Future[str] | None = None
         self._closed: asyncio.Future[None] | None = None
         self._reconnector: asyncio.Task[None] | None = None
         self._callbacks: set[asyncio.Task[Any]] = set()
@@ -237,6 +237,17 @@ class Inbound(Protocol):
             stage = "waiting for the auth reply"
             frame = b"auth " + self._password.encode() + b"\n\n"
             reply = await self._step(self._request(frame, "auth", self.timeout, early=True))
+            if _reply_text(reply) != "+OK accepted":
+                raise AuthenticationError(f"{where} refused the password: {_reply_text(reply)}")
+            stage = "restoring subscriptions and filters"
+            await self._step(self._restore_ledger())
+            # A peer that closes right after its last reply can be seen closing before
+            # this resumes. connection_lost() then found a connection that was not ready
+            # and left the loss to this sequence: it must fail here, or the client would
+            # count as connected on a closed connection, with no reconnect scheduled.
+            lost = self._lost_waiter
+            if lost is None or lost.done():
+                raise ConnectionLost(lost.result() if lost is not None else "closed")
         except asyncio.TimeoutError as exc:
             self._abort()
             raise ConnectionTimeoutError(f"{where}: timed out {stage} ({self.timeout}s)") from exc
@@ -245,10 +256,6 @@ class Inbound(Protocol):
         except BaseException:
             self._abort()
             raise
-        if _reply_text(reply) != "+OK accepted":
-            self._abort()
-            raise AuthenticationError(f"{where} refused the password: {_reply_text(reply)}")
-        await self._step(self._restore_ledger())
         self._ready = True
         self._up_since = loop.time()
 
@@ -318,7 +325,7 @@ class Inbound(Protocol):
             waiter.set_exception(ConnectionLost(reason))
         lost = self._lost_waiter
         if lost is not None and not lost.done():
-            lost.set_result(None)
+            lost.set_result(reason)
         if self._stopping or not was_ready:
             return
         if self.reconnect:

@@ -115,3 +115,59 @@ async def test_backoff_starts_over_after_a_stable_connection(server: ESLServer) 
         assert len(client.gaps) == 4
     finally:
         await asyncio.wait_for(client.stop(), 2)
+
+
+def lose_during_restore(client: Inbound, server: ESLServer) -> list[int]:
+    """Make ``client``'s next handshake see its connection close after the auth reply and
+    before the handshake resumes (a peer that closes right after answering: which runs
+    first, the client's next step or its connection_lost, is up to the loop). Returns the
+    attempts so far that were sabotaged this way (at most one)."""
+    restore = client._restore_ledger
+    sabotaged: list[int] = []
+
+    async def closed_by_the_peer_first() -> None:
+        if sabotaged:
+            await restore()
+            return
+        sabotaged.append(len(server.connections))
+        server.connections[-1].close()
+        lost = client._lost_waiter
+        assert lost is not None
+        await asyncio.wait_for(asyncio.shield(lost), 2)
+
+    client._restore_ledger = closed_by_the_peer_first  # type: ignore[method-assign]
+    return sabotaged
+
+
+async def test_a_loss_before_the_handshake_resumes_fails_start(server: ESLServer) -> None:
+    client = Inbound("127.0.0.1", server.port, "ClueCon", timeout=2)
+    sabotaged = lose_during_restore(client, server)
+    try:
+        with pytest.raises(ConnectionError, match="connection closed while restoring "
+                           "subscriptions and filters: closed by peer"):
+            await asyncio.wait_for(client.start(), 2)
+        assert sabotaged == [1] and not client.is_connected
+        await asyncio.wait_for(client.stop(), 2)
+        await asyncio.wait_for(client.start(), 2)  # a sound connection still works
+        assert await client.api("echo fine", timeout=2) == "fine"
+    finally:
+        await asyncio.wait_for(client.stop(), 2)
+
+
+async def test_a_loss_before_a_reconnect_handshake_resumes_reconnects_again(
+    server: ESLServer,
+) -> None:
+    client = backoff_client(server)
+    try:
+        await asyncio.wait_for(client.start(), 2)
+        sabotaged = lose_during_restore(client, server)
+        server.connections[0].close()
+        # The sabotaged second connection is a failed attempt, not a reconnect: a third
+        # one follows, and only that one counts as the end of the gap.
+        await server.wait_for(lambda: len(server.connections) == 3 and client.is_connected,
+                              timeout=3)
+        assert sabotaged == [2]
+        assert len(client.gaps) == 1 and client.gaps[0].attempts == 2
+        assert await client.api("echo back", timeout=2) == "back"
+    finally:
+        await asyncio.wait_for(client.stop(), 2)
