@@ -21,7 +21,14 @@ H = TypeVar("H", bound=Callable[..., Any])
 
 
 class Consumer:
-    """``app = Consumer(...)``; ``@app.handle("CHANNEL_ANSWER")``; ``await app.start()``."""
+    """``app = Consumer(...)``; ``@app.handle("CHANNEL_ANSWER")``; ``await app.start()``.
+
+    The connection is an :class:`~genesis.inbound.Inbound` (``app.protocol``) with
+    reconnect on: a lost connection is retried after ``reconnect_delay`` doubling up to
+    ``reconnect_max_delay`` (with jitter), the backoff carried across losses until a
+    connection has stayed up ``reconnect_max_delay`` seconds, so a server that drops
+    every connection at once is retried ever more slowly; each gap goes to ``on_gap``.
+    """
 
     def __init__(
         self,
