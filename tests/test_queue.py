@@ -248,3 +248,27 @@ def test_import_genesis_queue_does_not_import_redis() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True)
     assert out.stdout.strip() == "False"
+
+
+async def test_waiter_cancelled_as_its_slot_is_granted_ends_cancelled() -> None:
+    """A cancel landing in the instant a waiter with a timeout is granted its slot wins:
+    the task ends cancelled and the slot goes back. (asyncio.wait_for on 3.10 and 3.11
+    returned the grant and dropped the cancel: the task went on, holding the slot.)"""
+    backend = InMemoryBackend()
+    queue = Queue(backend)
+    await backend.wait_and_acquire("q", "holder", 1, None)
+    entered = asyncio.Event()
+
+    async def waiter() -> None:
+        async with queue.slot("q", timeout=WAIT):
+            entered.set()
+            await asyncio.sleep(3600)
+
+    task = asyncio.create_task(waiter())
+    await _until(lambda: _depth_is(backend, "q", 1))
+    await backend.release("q", "holder")  # grants the waiter's slot...
+    task.cancel()  # ...and the cancel arrives before the waiter runs again
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, WAIT)
+    assert not entered.is_set()
+    assert (await backend.active("q"), await backend.depth("q")) == (0, 0)

@@ -7,6 +7,7 @@ import asyncio
 import signal
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio
@@ -265,3 +266,30 @@ async def test_both_scripts_refuse_an_item_that_holds_a_slot(
         assert (await backend.active("q"), await backend.depth("q")) == (1, 1)
     finally:
         await client.aclose()
+
+
+async def test_waiter_cancelled_as_the_pump_grants_its_slot_ends_cancelled(
+    backend: RedisBackend,
+) -> None:
+    """A cancel landing in the instant the pump hands a waiter with a timeout its slot
+    wins: the wait ends cancelled and the slot goes back. (asyncio.wait_for on 3.10 and
+    3.11 returned the grant and dropped the cancel: the task went on, holding the slot.)"""
+    await backend.wait_and_acquire("q", "holder", 1, WAIT)
+    task = asyncio.create_task(backend.wait_and_acquire("q", "w", 1, WAIT))
+    async with asyncio.timeout(WAIT):
+        while "q" not in backend._lines or not backend._lines["q"].waiters:
+            await asyncio.sleep(0.01)
+    ask = backend._acquire_many
+
+    async def ask_then_cancel(**kwargs: Any) -> Any:
+        results = await ask(**kwargs)
+        if 1 in results:
+            task.cancel()  # before the pump hands the grant over
+        return results
+
+    backend._acquire_many = ask_then_cancel
+    await backend.release("q", "holder")
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, WAIT)
+    assert not backend._renewers
+    assert (await backend.active("q"), await backend.depth("q")) == (0, 0)

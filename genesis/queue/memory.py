@@ -62,17 +62,19 @@ class InMemoryBackend(QueueBackend):
             waiter.future = future
             waiter.max_concurrent = max_concurrent
         self._admit(line)
+        # asyncio.wait, not wait_for: on 3.10 and 3.11 wait_for returns the result of a
+        # future granted in the same instant as a cancellation and drops the cancellation,
+        # so the cancelled task would go on holding the slot.
         try:
-            await asyncio.wait_for(future, timeout)
-        except BaseException as exc:
-            # Covers a slot granted in the same instant as the timeout or cancellation:
-            # _forget releases it, so it is never leaked.
+            await asyncio.wait((future,), timeout=timeout)
+        except BaseException:
+            # Covers a slot granted in the same instant as the cancellation: _forget
+            # releases it, so it is never leaked.
             self._forget(queue_id, item_id)
-            if isinstance(exc, asyncio.TimeoutError):
-                raise QueueTimeoutError(
-                    f"no slot of queue {queue_id!r} within {timeout} s"
-                ) from None
             raise
+        if not future.done():
+            self._forget(queue_id, item_id)
+            raise QueueTimeoutError(f"no slot of queue {queue_id!r} within {timeout} s")
 
     async def release(self, queue_id: str, item_id: str) -> None:
         self._forget(queue_id, item_id)

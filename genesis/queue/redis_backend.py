@@ -258,16 +258,19 @@ class RedisBackend(QueueBackend):
                 line.waiters[granted] = (item_id, max_concurrent)
                 if line.pump is None:
                     line.pump = asyncio.create_task(self._pump(queue_id, line))
+                # asyncio.wait, not wait_for: on 3.10 and 3.11 wait_for returns the result
+                # of a future set in the same instant as a cancellation and drops the
+                # cancellation, so the cancelled task would go on holding the slot.
+                left = None if deadline is None else deadline - time.monotonic()
                 try:
-                    if deadline is None:
-                        answer = await granted
-                    else:
-                        answer = await asyncio.wait_for(granted, deadline - time.monotonic())
-                except asyncio.TimeoutError:
-                    raise QueueTimeoutError(
-                        f"no slot of queue {queue_id!r} within {timeout} s") from None
+                    await asyncio.wait((granted,), timeout=left)
                 finally:
                     line.waiters.pop(granted, None)
+                    # Done from here on: a pump run in flight leaves it alone.
+                    granted.cancel()
+                if granted.cancelled():
+                    raise QueueTimeoutError(f"no slot of queue {queue_id!r} within {timeout} s")
+                answer = granted.result()
                 if answer == -1:  # out of line: take a place again
                     answer = await self._acquire(
                         keys=keys, args=[item_id, max_concurrent, self._ttl_ms])
