@@ -8,6 +8,10 @@ arrive), ``linger`` when ``linger`` (FreeSWITCH keeps the socket open after hang
 CHANNEL_HANGUP_COMPLETE and the rest still arrive, announced by a disconnect notice with
 ``Content-Disposition: linger``), then the handler runs with the session.
 
+A dialplan ``socket`` without ``full`` (the connect reply says ``Control: single-channel``)
+refuses ``event`` (and ``linger``) with ``-ERR command not found`` but accepts ``myevents``,
+which subscribes this call's own channel events: ``events`` uses it there instead.
+
 At hangup the session is marked ``gone``: a blocking ``sendmsg`` waiting on this channel
 raises SessionGoneAway instead of waiting for an execution that will never complete.
 """
@@ -35,6 +39,16 @@ from genesis.protocol.parser import ESLEvent
 logger = logging.getLogger("genesis.outbound")
 
 SessionHandler = Callable[["Session"], Awaitable[Any]]
+
+#: What ``myevents`` subscribes to, for the session's own channel (mod_event_socket's list).
+MYEVENTS = frozenset({
+    "CHANNEL_ANSWER", "CHANNEL_APPLICATION", "CHANNEL_BRIDGE", "CHANNEL_CREATE",
+    "CHANNEL_DATA", "CHANNEL_DESTROY", "CHANNEL_EXECUTE", "CHANNEL_EXECUTE_COMPLETE",
+    "CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_ORIGINATE", "CHANNEL_UUID",
+    "CHANNEL_OUTGOING", "CHANNEL_PARK", "CHANNEL_PROGRESS", "CHANNEL_PROGRESS_MEDIA",
+    "CHANNEL_STATE", "CHANNEL_UNBRIDGE", "CHANNEL_UNPARK", "DETECTED_SPEECH", "DTMF",
+    "NOTALK", "TALK",
+})
 
 
 class Session(Protocol):
@@ -96,6 +110,20 @@ class Session(Protocol):
         self.context = context
         self.uuid = uuid
         return context
+
+    @property
+    def full_control(self) -> bool:
+        """False on a ``socket`` without ``full``: ``event``, ``api``, ``linger``... are refused."""
+        return self.context.get("Control") != "single-channel"
+
+    async def myevents(self, timeout: float | None = None) -> None:
+        """Subscribe this call's own channel events (``myevents``); GenesisError if refused."""
+        reply = await self.send("myevents", timeout=timeout)
+        if not is_ok(reply):
+            raise GenesisError(f"myevents refused: {reply.get('Reply-Text')}")
+        # Into the ledger: a blocking sendmsg or a Channel.wait then finds its events
+        # subscribed, instead of sending an ``event`` command a single-channel socket refuses.
+        self._events.update(MYEVENTS)
 
     # -- channel-bound behaviour of the base class ---------------------------------------
 
@@ -232,7 +260,9 @@ class Outbound:
         try:
             await session.connect(timeout=self.timeout)
             assert session.uuid is not None
-            if self.events:
+            if self.events and not session.full_control:
+                await session.myevents(timeout=self.timeout)
+            elif self.events:
                 await asyncio.wait_for(session.add_filter("Unique-ID", session.uuid), self.timeout)
                 await asyncio.wait_for(session.subscribe("ALL"), self.timeout)
             if self.linger:
