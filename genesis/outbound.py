@@ -38,6 +38,9 @@ from genesis.protocol.parser import ESLEvent
 
 logger = logging.getLogger("genesis.outbound")
 
+#: Seconds :meth:`Outbound.stop` gives a cancelled session to end before aborting its socket.
+CANCEL_GRACE = 1.0
+
 SessionHandler = Callable[["Session"], Awaitable[Any]]
 
 #: What ``myevents`` subscribes to, for the session's own channel (mod_event_socket's list).
@@ -204,6 +207,7 @@ class Outbound:
         self.sessions: dict[Session, asyncio.Task[None]] = {}
         self._server: asyncio.Server | None = None
         self._stopped: asyncio.Future[None] | None = None
+        self._stopping: set[asyncio.Task[None]] = set()
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -280,18 +284,43 @@ class Outbound:
             await session.close()
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """Stop listening; let running sessions finish for ``timeout`` s, then cancel them."""
+        """Stop listening; let running sessions finish for ``timeout`` s, then cancel them.
+
+        A session's handler may call it: the server stops without waiting for that session,
+        which ends when its handler returns. A session still running ``CANCEL_GRACE`` s after
+        its cancellation (its handler swallowed it) has its connection aborted and is left
+        to end on its own, so stop() always returns.
+        """
+        # The work runs in its own task: a caller that the stop cancels on the way (an
+        # async event handler of a session it ends: the session's workers close with it)
+        # must not leave it half done, with sessions running and start() still blocked.
+        stopping = asyncio.get_running_loop().create_task(
+            self._stop(timeout, asyncio.current_task()))
+        self._stopping.add(stopping)
+        stopping.add_done_callback(self._stopping.discard)
+        await asyncio.shield(stopping)
+
+    async def _stop(self, timeout: float, caller: asyncio.Task[Any] | None) -> None:
         server, self._server = self._server, None
         if server is not None:
             server.close()
-        tasks = list(self.sessions.values())
+        # Waiting for the caller's own session would be waiting for itself.
+        tasks = {task: session for session, task in self.sessions.items() if task is not caller}
         if tasks and timeout > 0:
-            await asyncio.wait(tasks, timeout=timeout)
+            await asyncio.wait(list(tasks), timeout=timeout)
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if server is not None:
+            _done, stuck = await asyncio.wait(list(tasks), timeout=CANCEL_GRACE)
+            for task in stuck:
+                session = tasks[task]
+                logger.error("session %s did not end when cancelled: connection aborted",
+                             session.uuid)
+                transport = session.writer
+                if transport is not None:
+                    transport.abort()
+        # From 3.12 on wait_closed() waits for every connection, the caller's included.
+        if server is not None and caller not in self.sessions.values():
             await server.wait_closed()
         if self._stopped is not None and not self._stopped.done():
             self._stopped.set_result(None)

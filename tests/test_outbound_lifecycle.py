@@ -1,4 +1,4 @@
-"""Outbound over real TCP: a dialplan socket without ``full``."""
+"""Outbound over real TCP: sockets without ``full``, and stop() from anywhere, always bounded."""
 
 from __future__ import annotations
 
@@ -7,8 +7,23 @@ from typing import Any
 
 import pytest
 
-from genesis.outbound import Outbound, Session
+from genesis.outbound import CANCEL_GRACE, Outbound, Session
 from genesis.testing import FreeSwitchSimulator
+from tests.esl_server import FakeCall
+
+
+async def call(port: int) -> FakeCall:
+    _transport, fake = await asyncio.get_running_loop().create_connection(
+        FakeCall, "127.0.0.1", port)
+    return fake
+
+
+async def listening(server: Outbound) -> tuple[asyncio.Future[None], int]:
+    """``server.start()`` (blocking) as a task, once it listens; and its port."""
+    runner = asyncio.ensure_future(server.start())
+    while not server.addresses:
+        await asyncio.sleep(0.01)
+    return runner, server.addresses[0][1]
 
 
 @pytest.mark.parametrize("mode", ["async", "static"])
@@ -40,3 +55,86 @@ async def test_socket_without_full_gets_its_events_through_myevents(
     }
     assert channel.applications == ["socket", "answer"]
     assert channel.hangup_cause == "NORMAL_CLEARING"
+
+
+async def test_stop_called_by_a_session_handler() -> None:
+    server: Outbound
+    stopped_inside: list[bool] = []
+
+    async def handler(session: Session) -> None:
+        await server.stop(timeout=1)
+        stopped_inside.append(True)
+
+    server = Outbound(handler, "127.0.0.1", 0)
+    runner, port = await listening(server)
+    fake = await call(port)
+    done, _ = await asyncio.wait([runner], timeout=5)
+    assert runner in done, "start() still blocked after its handler called stop()"
+    await asyncio.wait_for(fake.closed, 5)
+    assert stopped_inside == [True] and server.addresses == []
+
+
+async def test_stop_called_by_an_event_handler_of_a_session_it_ends() -> None:
+    # The async event handler runs on the session's workers, which close with the session:
+    # the stop it started must still finish (the other call cancelled, start() released).
+    server: Outbound
+    cancelled: list[str] = []
+    long_started = asyncio.Event()
+
+    async def handler(session: Session) -> None:
+        if not long_started.is_set():
+            long_started.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.append("long call")
+                raise
+
+        async def on_complete(event: Any) -> None:
+            await server.stop(timeout=0.2)
+
+        session.on("CHANNEL_EXECUTE_COMPLETE", on_complete)
+        await session.sendmsg("execute", "answer", block=True, timeout=3)
+        await asyncio.sleep(30)
+
+    server = Outbound(handler, "127.0.0.1", 0)
+    runner, port = await listening(server)
+    long = await call(port)
+    await asyncio.wait_for(long_started.wait(), 5)
+    stopper = await call(port)
+    try:
+        done, _ = await asyncio.wait([runner], timeout=5)
+        assert runner in done, "start() still blocked: stop() was abandoned halfway"
+        await asyncio.wait_for(asyncio.gather(long.closed, stopper.closed), 5)
+        assert cancelled == ["long call"] and server.sessions == {}
+    finally:
+        runner.cancel()
+        for task in list(server.sessions.values()):
+            task.cancel()
+
+
+async def test_stop_returns_when_a_handler_swallows_its_cancellation() -> None:
+    release = asyncio.Event()
+
+    async def handler(session: Session) -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await release.wait()  # a handler that does not honour cancellation
+
+    server = Outbound(handler, "127.0.0.1", 0)
+    await server.start(block=False)
+    fake = await call(server.addresses[0][1])
+    while not server.sessions:
+        await asyncio.sleep(0.01)
+    stopping = asyncio.ensure_future(server.stop(timeout=0.1))
+    try:
+        done, _ = await asyncio.wait([stopping], timeout=CANCEL_GRACE + 3)
+        assert stopping in done, "stop() waits forever for a session that ignores cancellation"
+        # Its connection is not left open: FreeSWITCH sees the socket close.
+        await asyncio.wait_for(fake.closed, 2)
+    finally:
+        release.set()
+        await asyncio.wait_for(stopping, 5)
+    await asyncio.sleep(0)
+    assert server.sessions == {}
