@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -46,10 +46,16 @@ logger = logging.getLogger(__name__)
 _background: set[asyncio.Task[Any]] = set()
 
 
-def _spawn(coro: Any) -> None:
-    task = asyncio.ensure_future(coro)
+def _spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    task = asyncio.create_task(coro)
     _background.add(task)
     task.add_done_callback(_background.discard)
+    return task
+
+
+async def _shielded(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Await ``coro`` to its end even if the caller is cancelled meanwhile."""
+    return await asyncio.shield(_spawn(coro))
 
 
 class LoadBalancerBackend(ABC):
@@ -236,7 +242,9 @@ class RedisLoadBalancer(LoadBalancerBackend):
         token = tokens.pop() if tokens else ""
         if tokens is not None and not tokens:
             del self._tokens[destination]
-        await self._release(keys=[self._key(destination)], args=[token])
+        # The token is no longer renewed: a cancelled caller must not leave it counted
+        # until its lease lapses, so the release runs to its end regardless.
+        await _shielded(self._release(keys=[self._key(destination)], args=[token]))
 
     async def get_count(self, destination: str) -> int:
         return int(await self._count(keys=[self._key(destination)]))
@@ -253,10 +261,18 @@ class RedisLoadBalancer(LoadBalancerBackend):
         if not destinations:
             return None
         token = f"{self._worker}:{next(self._serial)}"
-        index = await self._acquire(
-            keys=[self._key(d) for d in destinations],
-            args=[token, self._ttl_ms, -1 if limit is None else limit, 1],
+        script = _spawn(
+            self._acquire(
+                keys=[self._key(d) for d in destinations],
+                args=[token, self._ttl_ms, -1 if limit is None else limit, 1],
+            )
         )
+        try:
+            # Shielded: once sent, the script counts whether or not this caller stays.
+            index = await asyncio.shield(script)
+        except asyncio.CancelledError:
+            script.add_done_callback(lambda done: self._give_back(done, destinations, token))
+            raise
         if not index:
             return None
         chosen = destinations[int(index) - 1]
@@ -264,6 +280,15 @@ class RedisLoadBalancer(LoadBalancerBackend):
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.create_task(self._keep_leases())
         return chosen
+
+    def _give_back(
+        self, script: asyncio.Future[Any], destinations: Sequence[str], token: str
+    ) -> None:
+        """Release what an acquire whose caller was cancelled counted after all."""
+        if script.cancelled() or script.exception() is not None or not script.result():
+            return
+        key = self._key(destinations[int(script.result()) - 1])
+        _spawn(self._release(keys=[key], args=[token]))
 
     async def close(self) -> None:
         if self._renewer is not None:

@@ -167,3 +167,65 @@ async def test_decrement_of_a_call_counted_elsewhere(redis_url: str, redis_prefi
     finally:
         await counting.close()
         await ending.close()
+
+
+# Keeps the Redis server busy (it runs one script at a time) for half a second.
+BUSY = """
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+while true do
+  t = redis.call('TIME')
+  if t[1] * 1000000 + t[2] - start > 500000 then return 1 end
+end
+"""
+
+
+async def test_cancelled_acquire_gives_back_what_it_counted(
+    redis_url: str, redis_prefix: str
+) -> None:
+    import redis.asyncio
+
+    lb = RedisLoadBalancer(redis_url, key_prefix=redis_prefix)
+    other = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        await lb.get_least_loaded(["gw"])  # connected, script loaded: acquire sends at once
+        busy = asyncio.ensure_future(other.eval(BUSY, 0))
+        await asyncio.sleep(0.05)
+        acquiring = asyncio.ensure_future(lb.acquire(["gw"]))
+        await asyncio.sleep(0.1)  # sent, and queued behind the busy script
+        acquiring.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await acquiring
+        await asyncio.wait_for(busy, WAIT)
+        # The script ran after its caller left: the count it took is given back.
+        async with asyncio.timeout(WAIT):
+            while await lb.get_count("gw"):
+                await asyncio.sleep(0.01)
+    finally:
+        await other.aclose()
+        await lb.close()
+
+
+async def test_cancelled_decrement_still_releases(redis_url: str, redis_prefix: str) -> None:
+    import redis.asyncio
+
+    # One connection: the decrement waits for it while a busy script holds it.
+    client = redis.asyncio.Redis.from_pool(
+        redis.asyncio.BlockingConnectionPool.from_url(redis_url, max_connections=1)
+    )
+    lb = RedisLoadBalancer(redis_url, key_prefix=redis_prefix, client=client)
+    try:
+        assert await lb.acquire(["gw"]) == "gw"
+        busy = asyncio.ensure_future(client.eval(BUSY, 0))
+        await asyncio.sleep(0.05)
+        releasing = asyncio.ensure_future(lb.decrement("gw"))
+        await asyncio.sleep(0.05)
+        releasing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await releasing
+        await asyncio.wait_for(busy, WAIT)
+        async with asyncio.timeout(WAIT):
+            while await lb.get_count("gw"):
+                await asyncio.sleep(0.01)
+    finally:
+        await lb.close()
