@@ -4,6 +4,8 @@ that frees a slot (so a released slot goes to the next waiter without a scheduli
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
+from itertools import islice
 
 from genesis.exceptions import QueueTimeoutError
 from genesis.queue.base import QueueBackend, already_holds, already_waiting
@@ -18,13 +20,29 @@ class _Waiter:
 
 
 class _Line:
-    __slots__ = ("active", "waiting")
+    __slots__ = ("active", "limits", "waiting")
 
     def __init__(self) -> None:
         # dict keeps insertion order: the FIFO. A waiter without a future was enqueued
         # but has not started waiting; it keeps its place and cannot be admitted yet.
         self.waiting: dict[str, _Waiter] = {}
         self.active: set[str] = set()
+        # The max_concurrent of every waiter with a future: the largest says how far into
+        # the line an admission can reach, so admitting never walks the whole line.
+        self.limits: Counter[int] = Counter()
+
+    def start_waiting(self, waiter: _Waiter, future: asyncio.Future[None], limit: int) -> None:
+        waiter.future = future
+        waiter.max_concurrent = limit
+        self.limits[limit] += 1
+
+    def leave(self, item_id: str) -> None:
+        """Take ``item_id`` out of the waiting line, if it is there."""
+        waiter = self.waiting.pop(item_id, None)
+        if waiter is not None and waiter.future is not None:
+            self.limits[waiter.max_concurrent] -= 1
+            if not self.limits[waiter.max_concurrent]:
+                del self.limits[waiter.max_concurrent]
 
 
 class InMemoryBackend(QueueBackend):
@@ -55,12 +73,10 @@ class InMemoryBackend(QueueBackend):
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiter = line.waiting.get(item_id)
         if waiter is None:
-            line.waiting[item_id] = _Waiter(future, max_concurrent)
+            waiter = line.waiting[item_id] = _Waiter(None, 1)
         elif waiter.future is not None:
             raise already_waiting(queue_id, item_id)
-        else:
-            waiter.future = future
-            waiter.max_concurrent = max_concurrent
+        line.start_waiting(waiter, future, max_concurrent)
         self._admit(line)
         # asyncio.wait, not wait_for: on 3.10 and 3.11 wait_for returns the result of a
         # future granted in the same instant as a cancellation and drops the cancellation,
@@ -92,23 +108,22 @@ class InMemoryBackend(QueueBackend):
         if line is None:
             return
         line.active.discard(item_id)
-        line.waiting.pop(item_id, None)
+        line.leave(item_id)
         self._admit(line)
         if not line.waiting and not line.active:
             del self._lines[queue_id]
 
     @staticmethod
     def _admit(line: _Line) -> None:
-        admitted = True
-        while admitted:
-            admitted = False
-            for position, (item_id, waiter) in enumerate(line.waiting.items()):
-                future = waiter.future
-                if future is None or future.done():
-                    continue
-                if position < waiter.max_concurrent - len(line.active):
-                    del line.waiting[item_id]
-                    line.active.add(item_id)
-                    future.set_result(None)
-                    admitted = True
-                    break
+        # The waiter at ``position`` is admitted when it is among the first
+        # ``max_concurrent - active`` of the line. Admitting one ahead of it moves it up
+        # one place and takes one more slot, which leaves that test unchanged: one pass
+        # over the line as it stands, judged against the active count before the pass,
+        # admits everyone the freed slots allow. No waiter past the widest limit can pass.
+        taken = len(line.active)
+        reach = max(max(line.limits, default=0) - taken, 0)
+        for position, (item_id, waiter) in enumerate(list(islice(line.waiting.items(), reach))):
+            if waiter.future is not None and position < waiter.max_concurrent - taken:
+                line.leave(item_id)
+                line.active.add(item_id)
+                waiter.future.set_result(None)
