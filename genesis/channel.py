@@ -109,17 +109,31 @@ def escape_variable(value: object) -> str:
 
 def build_dial_string(uuid: str, dial_path: str, variables: Mapping[str, object] | None) -> str:
     """``{origination_uuid=…,return_ring_ready=true,<user vars>}<dial_path> &park()``."""
+    parts = [f"origination_uuid={uuid}", "return_ring_ready=true"]
+    parts.extend(_user_variables(dial_path, variables, warn=True))
+    return "{" + ",".join(parts) + "}" + dial_path + " &park()"
+
+
+def check_dial(dial_path: str, variables: Mapping[str, object] | None) -> None:
+    """Raise the ValueError :func:`build_dial_string` would raise, if any."""
+    _user_variables(dial_path, variables, warn=False)
+
+
+def _user_variables(
+    dial_path: str, variables: Mapping[str, object] | None, *, warn: bool
+) -> list[str]:
     if not dial_path or any(c.isspace() for c in dial_path):
         raise ValueError(f"dial path must be non-empty and contain no whitespace: {dial_path!r}")
-    parts = [f"origination_uuid={uuid}", "return_ring_ready=true"]
+    parts = []
     for name, value in (variables or {}).items():
         if not _VARIABLE_NAME.match(name):
             raise ValueError(f"invalid channel variable name: {name!r}")
         if name.lower() in RESERVED_VARIABLES:
-            logger.warning("originate variable %r is set by Channel.create; ignored", name)
+            if warn:
+                logger.warning("originate variable %r is set by Channel.create; ignored", name)
             continue
         parts.append(f"{name}={escape_variable(value)}")
-    return "{" + ",".join(parts) + "}" + dial_path + " &park()"
+    return parts
 
 
 def _header(event: ESLEvent, name: str) -> str | None:
@@ -202,10 +216,14 @@ class Channel:
         even if this call raised (a load balancer counts the leg until then).
         """
         uuid = str(uuidlib.uuid4())
-        command = "originate " + build_dial_string(uuid, dial_path, variables)
         channel = cls(protocol, uuid, dial_path)
         if on_end is not None:
             channel._end_callbacks.append(on_end)
+        try:
+            command = "originate " + build_dial_string(uuid, dial_path, variables)
+        except ValueError:
+            channel._detach()  # no leg will ever exist: what counts it must stop now
+            raise
         tracer = tracing.tracer()
         if tracer is None:
             await channel._originate(command, timeout)
@@ -224,10 +242,10 @@ class Channel:
 
     async def _originate(self, command: str, timeout: float | None) -> None:
         protocol = self.protocol
-        # Idempotent: the engine's ledger sends it once per connection.
-        await protocol.subscribe(*CHANNEL_EVENTS)
         self._attach_routing()
         try:
+            # Idempotent: the engine's ledger sends it once per connection.
+            await protocol.subscribe(*CHANNEL_EVENTS)
             if protocol.has_filters:
                 await protocol.add_filter("Unique-ID", self.uuid)
                 self._filtered = True

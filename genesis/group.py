@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from genesis import tracing
 from genesis._redis import connect
-from genesis.channel import Channel, instruments
+from genesis.channel import Channel, check_dial, instruments
 from genesis.exceptions import ChannelError, TimeoutError
 from genesis.types import ChannelState
 
@@ -349,6 +349,9 @@ class RingGroup:
             raise ValueError("RingMode.BALANCING needs a balancer")
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
+        for destination in group:
+            # Refused before anything rings or is counted, not halfway through the group.
+            check_dial(destination, variables)
         run = _Ring(protocol, list(group), mode, timeout, variables, balancer)
         tracer = tracing.tracer()
         meters = instruments()

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Mapping
 import pytest
 
 from genesis.channel import Channel
-from genesis.exceptions import ChannelError, TimeoutError
+from genesis.exceptions import ChannelError, TimeoutError, UnconnectedError
 from genesis.inbound import Inbound
 from genesis.testing import FreeSwitchSimulator
 from genesis.types import ChannelState
@@ -348,3 +348,15 @@ async def test_session_own_channel_uses_session_sendmsg_and_goes_away(
         assert isinstance(outcome["error"], SessionGoneAway)
     finally:
         await server.stop(timeout=2.0)
+
+
+@pytest.mark.parametrize("dial", ["user/10 01", "user/1001"])
+async def test_create_that_cannot_start_still_ends(fs: FreeSwitchSimulator, dial: str) -> None:
+    # A bad dial path, or a connection that is down when the leg's events are subscribed:
+    # no leg will ever exist, and whatever counts it (on_end) must hear so.
+    client = Inbound(fs.host, fs.port, "ClueCon")  # never started
+    ended: list[Channel] = []
+    with pytest.raises((ValueError, UnconnectedError)):
+        await Channel.create(client, dial, on_end=ended.append)
+    assert len(ended) == 1 and ended[0].dial_path == dial
+    assert not _routes(client)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from genesis.channel import Channel
+from genesis.exceptions import UnconnectedError
 from genesis.group import InMemoryLoadBalancer, RingGroup, RingMode
 from genesis.inbound import Inbound
 from genesis.outbound import Outbound, Session
@@ -202,3 +203,36 @@ async def test_legs_answering_together_leave_one_winner(
     await _all_ended(fs, keep={winner.uuid})
     assert len([c for c in fs.calls if c.direction == "outbound"]) == 4
     await winner.hangup()
+
+
+@pytest.mark.parametrize("mode", [RingMode.PARALLEL, RingMode.SEQUENTIAL, RingMode.BALANCING])
+@pytest.mark.parametrize(
+    ("group", "variables"),
+    [(["user/2002", "user/20 03"], None), (["user/2002", "user/2003"], {"bad name": 1})],
+)
+async def test_invalid_input_rings_and_counts_nothing(
+    fs: FreeSwitchSimulator,
+    client: Inbound,
+    mode: RingMode,
+    group: list[str],
+    variables: dict[str, object] | None,
+) -> None:
+    balancer = InMemoryLoadBalancer()
+    with pytest.raises(ValueError):
+        await RingGroup.ring(client, group, mode, 2.0, variables, balancer)
+    await asyncio.sleep(0.1)  # what a leg started would have reached the simulator by now
+    assert fs.calls == []
+    assert [await balancer.get_count(d) for d in ["user/2002", "user/2003"]] == [0, 0]
+
+
+async def test_ring_on_a_connection_that_is_down_counts_nothing(
+    fs: FreeSwitchSimulator,
+) -> None:
+    balancer = InMemoryLoadBalancer()
+    client = Inbound(fs.host, fs.port, "ClueCon")  # never started
+    for mode in RingMode:
+        with pytest.raises(UnconnectedError):
+            await RingGroup.ring(client, ["user/2002", "user/2001"], mode, 2.0,
+                                 balancer=balancer)
+        assert await balancer.get_count("user/2002") == 0
+        assert await balancer.get_count("user/2001") == 0
