@@ -262,26 +262,34 @@ class Outbound:
 
     async def _run(self, session: Session) -> None:
         try:
-            await session.connect(timeout=self.timeout)
-            assert session.uuid is not None
-            if self.events and not session.full_control:
-                await session.myevents(timeout=self.timeout)
-            elif self.events:
-                await asyncio.wait_for(session.add_filter("Unique-ID", session.uuid), self.timeout)
-                await asyncio.wait_for(session.subscribe("ALL"), self.timeout)
-            if self.linger:
-                await session.send("linger", timeout=self.timeout)
-            session.channel = _channel_for(session)
+            try:
+                await self._handshake(session)
+            except asyncio.TimeoutError:
+                # Only the handshake's own timeouts: a handler's (a blocking sendmsg, a
+                # Channel.wait) are its failures, logged with their traceback below.
+                logger.error("session %s: FreeSWITCH did not answer the handshake in %ss",
+                             session.uuid, self.timeout)
+                return
             await self.handler(session)
         except (SessionGoneAway, ConnectionError) as exc:
             logger.info("session %s ended: %s", session.uuid, exc)
-        except asyncio.TimeoutError:
-            logger.error("session %s: FreeSWITCH did not answer the handshake in %ss",
-                         session.uuid, self.timeout)
         except Exception:
             logger.exception("outbound handler failed for session %s", session.uuid)
         finally:
             await session.close()
+
+    async def _handshake(self, session: Session) -> None:
+        """``connect``, then the events and linger options; ``session.channel`` last."""
+        await session.connect(timeout=self.timeout)
+        assert session.uuid is not None
+        if self.events and not session.full_control:
+            await session.myevents(timeout=self.timeout)
+        elif self.events:
+            await asyncio.wait_for(session.add_filter("Unique-ID", session.uuid), self.timeout)
+            await asyncio.wait_for(session.subscribe("ALL"), self.timeout)
+        if self.linger:
+            await session.send("linger", timeout=self.timeout)
+        session.channel = _channel_for(session)
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop listening; let running sessions finish for ``timeout`` s, then cancel them.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -138,3 +139,44 @@ async def test_stop_returns_when_a_handler_swallows_its_cancellation() -> None:
         await asyncio.wait_for(stopping, 5)
     await asyncio.sleep(0)
     assert server.sessions == {}
+
+
+async def test_a_handler_timeout_is_logged_as_its_failure_not_the_handshake(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def handler(session: Session) -> None:
+        await session.sendmsg("execute", "playback", "x.wav", block=True, timeout=0.2)
+
+    server = Outbound(handler, "127.0.0.1", 0)
+    await server.start(block=False)
+    with caplog.at_level(logging.INFO, logger="genesis.outbound"):
+        fake = await call(server.addresses[0][1])
+        fake.complete_executes = False
+        await asyncio.wait_for(fake.closed, 5)
+        await server.stop()
+    records = [r for r in caplog.records if r.name == "genesis.outbound"]
+    assert not [r for r in records if "handshake" in r.getMessage()]
+    failures = [r for r in records if r.getMessage().startswith("outbound handler failed")]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+    assert isinstance(failures[0].exc_info[1], asyncio.TimeoutError)
+
+
+async def test_a_silent_peer_is_logged_as_a_handshake_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ran: list[Session] = []
+
+    async def handler(session: Session) -> None:
+        ran.append(session)
+
+    server = Outbound(handler, "127.0.0.1", 0, timeout=0.2)
+    await server.start(block=False)
+    with caplog.at_level(logging.INFO, logger="genesis.outbound"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.addresses[0][1])
+        assert await asyncio.wait_for(reader.readuntil(b"\n\n"), 5) == b"connect\n\n"
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, never answered
+        writer.close()
+        await server.stop()
+    messages = [r.getMessage() for r in caplog.records if r.name == "genesis.outbound"]
+    assert "session None: FreeSWITCH did not answer the handshake in 0.2s" in messages
+    assert ran == []
