@@ -444,10 +444,19 @@ class _Ring:
                 done, pending = await asyncio.wait(
                     pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
                 )
+                # Every finished leg is looked at, so that none's error goes unretrieved;
+                # an answer wins over another leg's error, whose leg is hung up anyway.
+                winner: Channel | None = None
+                error: BaseException | None = None
                 for task in done:
-                    leg = task.result()
-                    if leg is not None:
-                        return leg
+                    if task.exception() is not None:
+                        error = error or task.exception()
+                    elif winner is None:
+                        winner = task.result()
+                if winner is not None:
+                    return winner
+                if error is not None:
+                    raise error
             return None
         finally:
             for task in pending:
@@ -470,6 +479,8 @@ class _Ring:
             leg = await self._leg(destination, time.monotonic() + self.timeout, counted)
             if leg is not None:
                 return leg
+            # Its turn is over: it must not go on ringing (or be answered) beside the next.
+            await self._hangup_losers(None)
         return None
 
     async def _leg(

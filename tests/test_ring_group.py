@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator
 
@@ -205,6 +206,25 @@ async def test_legs_answering_together_leave_one_winner(
     await winner.hangup()
 
 
+@pytest.mark.parametrize("mode", [RingMode.SEQUENTIAL, RingMode.BALANCING])
+async def test_one_by_one_hangs_up_each_leg_when_its_turn_ends(
+    fs: FreeSwitchSimulator, client: Inbound, mode: RingMode
+) -> None:
+    balancer = InMemoryLoadBalancer()
+    winner = await asyncio.wait_for(
+        RingGroup.ring(client, ["user/2003", "user/2002"], mode, 0.3, balancer=balancer), WAIT
+    )
+    assert winner is not None and winner.dial_path == "user/2002"
+    [first] = _legs(fs, "user/2003")
+    [second] = _legs(fs, "user/2002")
+    # Gone before the next leg was even created, not left ringing beside it.
+    assert first.hangup_cause == "ORIGINATOR_CANCEL"
+    assert (
+        first.profile.times["Channel-Hangup-Time"] <= second.profile.times["Channel-Created-Time"]
+    )
+    await winner.hangup()
+
+
 @pytest.mark.parametrize("mode", [RingMode.PARALLEL, RingMode.SEQUENTIAL, RingMode.BALANCING])
 @pytest.mark.parametrize(
     ("group", "variables"),
@@ -236,3 +256,21 @@ async def test_ring_on_a_connection_that_is_down_counts_nothing(
                                  balancer=balancer)
         assert await balancer.get_count("user/2002") == 0
         assert await balancer.get_count("user/2001") == 0
+
+
+class _BrokenBalancer(InMemoryLoadBalancer):
+    """A balancer whose store is unreachable: every count fails."""
+
+    async def increment(self, destination: str) -> None:
+        raise OSError(f"cannot count {destination}")
+
+
+async def test_parallel_legs_failing_together_raise_and_leave_nothing_unretrieved(
+    fs: FreeSwitchSimulator, client: Inbound, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(OSError, match="cannot count"):
+        await RingGroup.ring(client, ["user/2002", "user/2003"], balancer=_BrokenBalancer())
+    gc.collect()  # a task whose exception nobody read reports it when collected
+    await asyncio.sleep(0)
+    assert "never retrieved" not in caplog.text
+    assert fs.calls == []
