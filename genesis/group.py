@@ -411,19 +411,25 @@ class _Ring:
         started = time.monotonic()
         winner: Channel | None = None
         try:
-            if self.mode is RingMode.PARALLEL:
-                winner = await self._parallel()
-            else:
-                winner = await self._one_by_one()
+            try:
+                if self.mode is RingMode.PARALLEL:
+                    winner = await self._parallel()
+                else:
+                    winner = await self._one_by_one()
+            finally:
+                # Shielded: a cancelled ring must still hang up what it rang.
+                await asyncio.shield(_spawn(self._hangup_losers(winner)))
         except BaseException as exc:
+            if winner is not None:
+                # Cancelled while the losers were hung up: the winner will never reach
+                # the caller, so nobody else would ever hang it up.
+                _spawn(_hang_up([winner]))
             if span is not None:
                 cancelled = isinstance(exc, asyncio.CancelledError)
                 span.set_attribute("ring_group.result", "cancelled" if cancelled else "error")
                 span.set_attribute("ring_group.error", f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            # Shielded: a cancelled ring must still hang up what it rang.
-            await asyncio.shield(self._hangup_losers(winner))
             if span is not None:
                 span.set_attribute("ring_group.duration", time.monotonic() - started)
         if span is not None:
@@ -520,11 +526,16 @@ class _Ring:
         return None
 
     async def _hangup_losers(self, winner: Channel | None) -> None:
-        losers = [leg for leg in self.legs if leg is not winner and not leg.is_gone]
-        if losers:
-            results = await asyncio.gather(
-                *(leg.hangup("ORIGINATOR_CANCEL") for leg in losers), return_exceptions=True
-            )
-            for leg, result in zip(losers, results, strict=True):
-                if isinstance(result, BaseException):
-                    logger.warning("hanging up losing leg %s failed: %r", leg.uuid, result)
+        await _hang_up([leg for leg in self.legs if leg is not winner])
+
+
+async def _hang_up(legs: list[Channel]) -> None:
+    """Hang up the ``legs`` still up, ORIGINATOR_CANCEL; a failure is only logged."""
+    live = [leg for leg in legs if not leg.is_gone]
+    if live:
+        results = await asyncio.gather(
+            *(leg.hangup("ORIGINATOR_CANCEL") for leg in live), return_exceptions=True
+        )
+        for leg, result in zip(live, results, strict=True):
+            if isinstance(result, BaseException):
+                logger.warning("hanging up ring group leg %s failed: %r", leg.uuid, result)

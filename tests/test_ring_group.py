@@ -274,3 +274,26 @@ async def test_parallel_legs_failing_together_raise_and_leave_nothing_unretrieve
     await asyncio.sleep(0)
     assert "never retrieved" not in caplog.text
     assert fs.calls == []
+
+
+async def test_ring_cancelled_while_hanging_up_the_losers_hangs_up_the_winner(
+    fs: FreeSwitchSimulator, client: Inbound
+) -> None:
+    fs.endpoint("user/2005", answer_after=0.5)
+    ringing = asyncio.create_task(RingGroup.ring(client, ["user/2005", "user/2003"], timeout=5.0))
+    async with asyncio.timeout(WAIT):
+        while len(fs.calls) < 2:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # both legs created: the replies still to come are the hangups'
+    fs.faults.delay_replies(2.0)
+    [loser] = _legs(fs, "user/2003")
+    async with asyncio.timeout(WAIT):  # 2005 answered, and the ring is hanging 2003 up
+        while not loser.hungup:
+            await asyncio.sleep(0.01)
+    ringing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await ringing
+    fs.faults.clear()
+    await _all_ended(fs)
+    [winner] = _legs(fs, "user/2005")
+    assert winner.answered and winner.hangup_cause == "ORIGINATOR_CANCEL"
