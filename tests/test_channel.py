@@ -360,3 +360,48 @@ async def test_create_that_cannot_start_still_ends(fs: FreeSwitchSimulator, dial
         await Channel.create(client, dial, on_end=ended.append)
     assert len(ended) == 1 and ended[0].dial_path == dial
     assert not _routes(client)
+
+
+async def test_leg_of_a_session_whose_connection_closes_is_not_reported_hung_up(
+    fs: FreeSwitchSimulator,
+) -> None:
+    from genesis.exceptions import ConnectionLost
+    from genesis.outbound import Outbound, Session
+
+    fs.endpoint("user/1001")
+    fs.file_durations["/tmp/long.wav"] = 30.0
+    outcome: dict[str, object] = {}
+
+    async def handler(session: Session) -> None:
+        leg = await Channel.create(session, "user/1001")
+        await leg.wait(ChannelState.EXECUTE, timeout=WAIT)
+        outcome["leg"] = leg
+        try:
+            await leg.playback("/tmp/long.wav")
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    server = Outbound(handler, "127.0.0.1", 0)
+    await server.start(block=False)
+    try:
+        fs.route("5002", socket=f"127.0.0.1:{server.addresses[0][1]} async full")
+        await fs.place_call("5002", caller="1000")
+        async with asyncio.timeout(WAIT):
+            while "leg" not in outcome:
+                await asyncio.sleep(0.01)
+        leg = outcome["leg"]
+        assert isinstance(leg, Channel)
+        async with asyncio.timeout(WAIT):  # the blocking playback is under way
+            while "playback" not in fs.channels[leg.uuid].applications:
+                await asyncio.sleep(0.01)
+        for listener in list(fs.listeners):
+            if listener.outbound:
+                listener.abort()
+        async with asyncio.timeout(WAIT):
+            while "error" not in outcome:
+                await asyncio.sleep(0.01)
+        # The connection closed; the leg itself is still up in FreeSWITCH.
+        assert isinstance(outcome["error"], ConnectionLost)
+        assert leg.uuid in fs.channels and not fs.channels[leg.uuid].hungup
+    finally:
+        await server.stop(timeout=2.0)
