@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from genesis.exceptions import SessionGoneAway
 from genesis.outbound import CANCEL_GRACE, Outbound, Session
 from genesis.testing import FreeSwitchSimulator
-from tests.esl_server import FakeCall
+from tests.esl_server import OUTBOUND_FRAMES, FakeCall
 
 
 async def call(port: int) -> FakeCall:
@@ -180,3 +181,45 @@ async def test_a_silent_peer_is_logged_as_a_handshake_timeout(
     messages = [r.getMessage() for r in caplog.records if r.name == "genesis.outbound"]
     assert "session None: FreeSWITCH did not answer the handshake in 0.2s" in messages
     assert ran == []
+
+
+async def test_a_hangup_during_a_blocking_sendmsgs_subscribe_raises_session_gone_away() -> None:
+    # events=False: the blocking sendmsg subscribes first. The call hangs up (and the linger
+    # notice comes) while that subscription awaits its reply, so the execution will never
+    # complete: the sendmsg must fail at once, not wait forever for it.
+    outcome: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+    async def handler(session: Session) -> None:
+        try:
+            await session.sendmsg("execute", "playback", "x.wav", block=True)
+        except BaseException as exc:
+            outcome.set_result(exc)
+            raise
+        outcome.set_result(None)
+
+    server = Outbound(handler, "127.0.0.1", 0, events=False, linger=True)
+    await server.start(block=False)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.addresses[0][1])
+
+    async def command() -> str:
+        return (await asyncio.wait_for(reader.readuntil(b"\n\n"), 5)).decode()
+
+    try:
+        assert await command() == "connect\n\n"
+        writer.write(OUTBOUND_FRAMES[0])
+        assert await command() == "linger\n\n"
+        writer.write(b"Content-Type: command/reply\nReply-Text: +OK will linger\n\n")
+        assert (await command()).startswith("event plain ")
+        hangup, notice = OUTBOUND_FRAMES[13], OUTBOUND_FRAMES[20]
+        assert b"CHANNEL_HANGUP" in hangup and b"linger" in notice
+        writer.write(hangup + notice)
+        writer.write(b"Content-Type: command/reply\nReply-Text: +OK event listener enabled "
+                     b"plain\n\n")
+        error = await asyncio.wait_for(outcome, 2)
+        assert isinstance(error, SessionGoneAway), error
+        # Refused before it was written: FreeSWITCH never saw the sendmsg.
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()
+        await server.stop(timeout=2)

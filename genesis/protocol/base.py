@@ -567,11 +567,14 @@ class Protocol(asyncio.Protocol):
         if filtered:
             await self.add_filter("Unique-ID", uuid)
         future: asyncio.Future[ESLEvent] = asyncio.get_running_loop().create_future()
-        channel = self._exec_waiters.setdefault(uuid, {})
-        if app_uuid in channel:
-            raise ValueError(f"an execution with Event-UUID {app_uuid} is already pending")
-        channel[app_uuid] = future
         try:
+            # Again, with no await until the waiter is in place: the channel may have hung
+            # up during those round trips, and a hangup only fails the waiters it finds.
+            self._check_channel(uuid)
+            channel = self._exec_waiters.setdefault(uuid, {})
+            if app_uuid in channel:
+                raise ValueError(f"an execution with Event-UUID {app_uuid} is already pending")
+            channel[app_uuid] = future
             reply = await self._request(frame, "sendmsg", None)
             if not is_ok(reply):
                 return reply
