@@ -43,7 +43,8 @@ CANCEL_GRACE = 1.0
 
 SessionHandler = Callable[["Session"], Awaitable[Any]]
 
-#: What ``myevents`` subscribes to, for the session's own channel (mod_event_socket's list).
+#: What ``myevents`` subscribes to, for the session's own channel (mod_event_socket's list:
+#: no CHANNEL_CALLSTATE, no BACKGROUND_JOB, no PLAYBACK_*). The simulator delivers the same.
 MYEVENTS = frozenset({
     "CHANNEL_ANSWER", "CHANNEL_APPLICATION", "CHANNEL_BRIDGE", "CHANNEL_CREATE",
     "CHANNEL_DATA", "CHANNEL_DESTROY", "CHANNEL_EXECUTE", "CHANNEL_EXECUTE_COMPLETE",

@@ -11,9 +11,9 @@ import asyncio
 import uuid as uuidlib
 from typing import TYPE_CHECKING
 
+from genesis.outbound import MYEVENTS
 from genesis.testing.channels import Message
 from genesis.testing.listener import (
-    MYEVENTS,
     REJECTION,
     CommandFrame,
     Filter,

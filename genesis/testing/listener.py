@@ -17,6 +17,7 @@ import re
 from collections import deque
 from typing import TYPE_CHECKING
 
+from genesis.outbound import MYEVENTS
 from genesis.protocol.parser import encode_value
 from genesis.testing.channels import Channel
 
@@ -27,34 +28,6 @@ logger = logging.getLogger("genesis.testing")
 
 GOODBYE = b"Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
 REJECTION = b"Access Denied, go away.\n"
-
-#: What ``myevents`` subscribes to (mod_event_socket's list: no CHANNEL_CALLSTATE,
-#: no BACKGROUND_JOB, no PLAYBACK_*).
-MYEVENTS = frozenset(
-    {
-        "CHANNEL_ANSWER",
-        "CHANNEL_APPLICATION",
-        "CHANNEL_BRIDGE",
-        "CHANNEL_CREATE",
-        "CHANNEL_DATA",
-        "CHANNEL_DESTROY",
-        "CHANNEL_EXECUTE",
-        "CHANNEL_EXECUTE_COMPLETE",
-        "CHANNEL_HANGUP",
-        "CHANNEL_HANGUP_COMPLETE",
-        "CHANNEL_OUTGOING",
-        "CHANNEL_PARK",
-        "CHANNEL_PROGRESS",
-        "CHANNEL_PROGRESS_MEDIA",
-        "CHANNEL_STATE",
-        "CHANNEL_UNBRIDGE",
-        "CHANNEL_UNPARK",
-        "DETECTED_SPEECH",
-        "DTMF",
-        "NOTALK",
-        "TALK",
-    }
-)
 
 #: FreeSWITCH's reply line buffer is 512 bytes: longer Reply-Text values are cut.
 _REPLY_MAX = 511
