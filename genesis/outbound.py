@@ -289,7 +289,12 @@ class Outbound:
             await asyncio.wait_for(session.add_filter("Unique-ID", session.uuid), self.timeout)
             await asyncio.wait_for(session.subscribe("ALL"), self.timeout)
         if self.linger:
-            await session.send("linger", timeout=self.timeout)
+            reply = await session.send("linger", timeout=self.timeout)
+            if not is_ok(reply):
+                # A socket without "full" refuses it: the call's last events (after the
+                # hangup) will not arrive, which the handler's author should hear about.
+                logger.warning("session %s: linger refused (%s): the connection closes at "
+                               "hangup", session.uuid, reply.get("Reply-Text"))
         session.channel = _channel_for(session)
 
     async def stop(self, timeout: float = 5.0) -> None:

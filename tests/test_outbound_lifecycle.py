@@ -30,7 +30,7 @@ async def listening(server: Outbound) -> tuple[asyncio.Future[None], int]:
 
 @pytest.mark.parametrize("mode", ["async", "static"])
 async def test_socket_without_full_gets_its_events_through_myevents(
-    freeswitch: FreeSwitchSimulator, mode: str
+    freeswitch: FreeSwitchSimulator, mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Without "full" FreeSWITCH refuses "event"; the handler must still run, and a blocking
     # execute still needs the call's CHANNEL_EXECUTE_COMPLETE.
@@ -57,6 +57,9 @@ async def test_socket_without_full_gets_its_events_through_myevents(
     }
     assert channel.applications == ["socket", "answer"]
     assert channel.hangup_cause == "NORMAL_CLEARING"
+    # linger (on by default) is refused there too: said, not silently dropped.
+    assert any("linger refused (-ERR command not found)" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.WARNING)
 
 
 async def test_stop_called_by_a_session_handler() -> None:
