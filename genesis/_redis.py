@@ -8,6 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+# Seconds a connect, or a reply, may take before the call fails with redis-py's
+# TimeoutError. redis-py before 6 waits forever by default, so a stalled or partitioned
+# server hung every call, and every wait with a timeout, for good. A URL query
+# (``?socket_timeout=…&socket_connect_timeout=…``) overrides them.
+SOCKET_TIMEOUT = 5.0
+SOCKET_CONNECT_TIMEOUT = 5.0
+
 
 def connect(url: str, max_connections: int) -> Any:
     """An asyncio Redis client on a *blocking* pool: a burst of calls waits for a free
@@ -15,5 +22,10 @@ def connect(url: str, max_connections: int) -> Any:
     import redis.asyncio
 
     return redis.asyncio.Redis.from_pool(
-        redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=max_connections)
+        redis.asyncio.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=SOCKET_CONNECT_TIMEOUT,
+        )
     )

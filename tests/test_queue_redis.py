@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio
+import redis.exceptions
 
 from genesis.exceptions import GenesisError
 from genesis.queue import Queue, RedisBackend
@@ -23,6 +24,7 @@ WAIT = 10.0
 WORKER = """
 import asyncio, sys
 import redis.asyncio
+import redis.exceptions
 from genesis.queue import Queue, RedisBackend
 
 async def main(url, prefix, rounds, limit):
@@ -293,3 +295,29 @@ async def test_waiter_cancelled_as_the_pump_grants_its_slot_ends_cancelled(
         await asyncio.wait_for(task, WAIT)
     assert not backend._renewers
     assert (await backend.active("q"), await backend.depth("q")) == (0, 0)
+
+
+async def test_a_server_that_never_answers_fails_calls_instead_of_hanging() -> None:
+    """A stalled or partitioned Redis makes a wait (and the clean-up behind it) fail with
+    redis's TimeoutError instead of hanging for good: the backend's client bounds every
+    connect and reply by default (redis-py before 6 waits forever unless told), and a URL
+    query tunes the bounds."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client hangs up
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    default = RedisBackend(f"redis://127.0.0.1:{port}/0")
+    quick = RedisBackend(f"redis://127.0.0.1:{port}/0?socket_timeout=0.2&socket_connect_timeout=0.2")
+    try:
+        bounds = default._redis.connection_pool.connection_kwargs
+        assert (bounds["socket_timeout"], bounds["socket_connect_timeout"]) == (5.0, 5.0)
+        with pytest.raises(redis.exceptions.TimeoutError):
+            await asyncio.wait_for(quick.wait_and_acquire("q", "w", 1, None), WAIT)
+    finally:
+        await default.close()
+        await quick.close()
+        server.close()
+        await server.wait_closed()

@@ -174,6 +174,10 @@ class RedisBackend(QueueBackend):
 
     ``lease_ttl`` bounds how long a crashed process's slots and places stay taken;
     live holders renew their lease every third of it in the background.
+
+    Each Redis call fails with redis-py's TimeoutError when the server does not answer
+    within the client's socket timeout (5 s unless the URL's ``socket_timeout`` says
+    otherwise); a wait's ``timeout`` bounds the wait for a slot, not a stalled server.
     """
 
     def __init__(
