@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 # Seconds a connect, or a reply, may take before the call fails with redis-py's
-# TimeoutError. redis-py before 6 waits forever by default, so a stalled or partitioned
+# TimeoutError. redis-py before 8 waits forever by default, so a stalled or partitioned
 # server hung every call, and every wait with a timeout, for good. A URL query
 # (``?socket_timeout=…&socket_connect_timeout=…``) overrides them.
 SOCKET_TIMEOUT = 5.0

@@ -300,7 +300,7 @@ async def test_waiter_cancelled_as_the_pump_grants_its_slot_ends_cancelled(
 async def test_a_server_that_never_answers_fails_calls_instead_of_hanging() -> None:
     """A stalled or partitioned Redis makes a wait (and the clean-up behind it) fail with
     redis's TimeoutError instead of hanging for good: the backend's client bounds every
-    connect and reply by default (redis-py before 6 waits forever unless told), and a URL
+    connect and reply by default (redis-py before 8 waits forever unless told), and a URL
     query tunes the bounds."""
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
