@@ -34,14 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from genesis import tracing
-from genesis.exceptions import (
-    ChannelError,
-    ChannelNotFound,
-    CommandStage,
-    ConnectionLost,
-    SessionGoneAway,
-    TimeoutError,
-)
+from genesis.exceptions import ChannelError, ChannelNotFound, SessionGoneAway, TimeoutError
 from genesis.types import ChannelState
 
 if TYPE_CHECKING:
@@ -490,13 +483,8 @@ class Channel:
                 command, app, data, uuid=self.uuid, block=block, timeout=timeout
             )
         except SessionGoneAway as exc:
-            # This leg's own hangup raises ChannelError; on a leg other than the session's
-            # own, SessionGoneAway means the session's connection closed under a blocking
-            # execute, and the leg may well still be up.
-            raise ConnectionLost(
-                f"channel {self.uuid}: the session's connection closed ({exc})",
-                CommandStage.ACCEPTED,
-            ) from exc
+            # Only the session's own channel going away is SessionGoneAway.
+            raise ChannelError(f"channel {self.uuid} hung up", self.hangup_cause) from exc
         text = _header(reply, "Reply-Text") or ""
         if text.startswith("-ERR"):
             if "invalid session id" in text:

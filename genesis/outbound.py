@@ -145,8 +145,12 @@ class Session(Protocol):
             return SessionGoneAway(f"session {uuid} hung up ({cause})")
         return super()._gone_error(uuid, cause)
 
-    def _execution_lost(self, reason: str) -> Exception:
-        return SessionGoneAway(f"session {self.uuid}: {reason}")
+    def _execution_lost(self, reason: str, uuid: str) -> Exception:
+        # The end of the connection is the end of the session's own call for this
+        # application; another leg it drives may well still be up.
+        if uuid == self.uuid:
+            return SessionGoneAway(f"session {self.uuid}: {reason}")
+        return super()._execution_lost(reason, uuid)
 
     def _internal_event(self, event: ESLEvent, name: str) -> None:
         if (

@@ -384,13 +384,14 @@ class Protocol(asyncio.Protocol):
             if not future.done():
                 future.set_exception(self._lost_error(reason, CommandStage.ACCEPTED))
         waiters, self._exec_waiters = self._exec_waiters, {}
-        for channel in waiters.values():
+        for uuid, channel in waiters.items():
             for future in channel.values():
                 if not future.done():
-                    future.set_exception(self._execution_lost(reason))
+                    future.set_exception(self._execution_lost(reason, uuid))
 
-    def _execution_lost(self, reason: str) -> Exception:
-        """The error of a blocking sendmsg whose connection closed (Session overrides)."""
+    def _execution_lost(self, reason: str, uuid: str) -> Exception:
+        """The error of a blocking sendmsg on channel ``uuid`` whose connection closed
+        (Session overrides it for its own channel)."""
         return self._lost_error(reason, CommandStage.ACCEPTED)
 
     # -- events the engine itself waits for ----------------------------------------------
