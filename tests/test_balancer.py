@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -180,6 +181,23 @@ end
 """
 
 
+async def cancel_behind_busy_script(lb: RedisLoadBalancer, busy_client: Any,
+                                    call: Callable[[], Awaitable[object]]) -> None:
+    """Start ``call()`` while a busy script holds ``busy_client``'s server, cancel it while
+    it waits there, let the script end; then "gw" must end up counted zero."""
+    busy = asyncio.ensure_future(busy_client.eval(BUSY, 0))
+    await asyncio.sleep(0.05)
+    calling = asyncio.ensure_future(call())
+    await asyncio.sleep(0.1)  # sent, and queued behind the busy script
+    calling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await calling
+    await asyncio.wait_for(busy, WAIT)
+    async with asyncio.timeout(WAIT):
+        while await lb.get_count("gw"):
+            await asyncio.sleep(0.01)
+
+
 async def test_cancelled_acquire_gives_back_what_it_counted(
     redis_url: str, redis_prefix: str
 ) -> None:
@@ -189,18 +207,8 @@ async def test_cancelled_acquire_gives_back_what_it_counted(
     other = redis.asyncio.Redis.from_url(redis_url)
     try:
         await lb.get_least_loaded(["gw"])  # connected, script loaded: acquire sends at once
-        busy = asyncio.ensure_future(other.eval(BUSY, 0))
-        await asyncio.sleep(0.05)
-        acquiring = asyncio.ensure_future(lb.acquire(["gw"]))
-        await asyncio.sleep(0.1)  # sent, and queued behind the busy script
-        acquiring.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await acquiring
-        await asyncio.wait_for(busy, WAIT)
-        # The script ran after its caller left: the count it took is given back.
-        async with asyncio.timeout(WAIT):
-            while await lb.get_count("gw"):
-                await asyncio.sleep(0.01)
+        # The script runs after its caller left: the count it took is given back.
+        await cancel_behind_busy_script(lb, other, lambda: lb.acquire(["gw"]))
     finally:
         await other.aclose()
         await lb.close()
@@ -216,16 +224,6 @@ async def test_cancelled_decrement_still_releases(redis_url: str, redis_prefix: 
     lb = RedisLoadBalancer(redis_url, key_prefix=redis_prefix, client=client)
     try:
         assert await lb.acquire(["gw"]) == "gw"
-        busy = asyncio.ensure_future(client.eval(BUSY, 0))
-        await asyncio.sleep(0.05)
-        releasing = asyncio.ensure_future(lb.decrement("gw"))
-        await asyncio.sleep(0.05)
-        releasing.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await releasing
-        await asyncio.wait_for(busy, WAIT)
-        async with asyncio.timeout(WAIT):
-            while await lb.get_count("gw"):
-                await asyncio.sleep(0.01)
+        await cancel_behind_busy_script(lb, client, lambda: lb.decrement("gw"))
     finally:
         await lb.close()
