@@ -418,7 +418,7 @@ class _Ring:
                     winner = await self._one_by_one()
             finally:
                 # Shielded: a cancelled ring must still hang up what it rang.
-                await asyncio.shield(_spawn(self._hangup_losers(winner)))
+                await _shielded(self._hangup_losers(winner))
         except BaseException as exc:
             if winner is not None:
                 # Cancelled while the losers were hung up: the winner will never reach
