@@ -246,8 +246,9 @@ class Inbound(Protocol):
             # and left the loss to this sequence: it must fail here, or the client would
             # count as connected on a closed connection, with no reconnect scheduled.
             lost = self._lost_waiter
-            if lost is None or lost.done():
-                raise ConnectionLost(lost.result() if lost is not None else "closed")
+            assert lost is not None  # set by connection_made, before create_connection returned
+            if lost.done():
+                raise ConnectionLost(lost.result())
         except asyncio.TimeoutError as exc:
             self._abort()
             raise ConnectionTimeoutError(f"{where}: timed out {stage} ({self.timeout}s)") from exc
