@@ -68,6 +68,37 @@ _VARIABLE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*\Z")
 _HANGUP_EVENTS = frozenset({"CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE", "CHANNEL_DESTROY"})
 # Events that carry the channel's full data (variable_* included): worth keeping as context.
 _CONTEXT_EVENTS = frozenset({"CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_PARK"})
+# FreeSWITCH's channel states are not a line, whatever their numbers. A leg goes NEW, INIT,
+# ROUTING, then moves among these in any order and as often as its dialplan, transfers and
+# bridges take it (real 1.10.12 legs: an originated one rings in CONSUME_MEDIA, then
+# EXECUTE; uuid_bridge takes it through HIBERNATE, RESET, SOFT_EXECUTE, then
+# EXCHANGE_MEDIA or CONSUME_MEDIA; uuid_park sets PARK; a transfer goes back to ROUTING),
+# and ends HANGUP, REPORTING, DESTROY.
+_EXECUTION_STATES = frozenset(
+    {
+        ChannelState.SOFT_EXECUTE,
+        ChannelState.EXECUTE,
+        ChannelState.EXCHANGE_MEDIA,
+        ChannelState.PARK,
+        ChannelState.CONSUME_MEDIA,
+        ChannelState.HIBERNATE,
+        ChannelState.RESET,
+    }
+)
+# The forward progression; NONE (not known yet) has passed nothing.
+_PHASE = {
+    ChannelState.NEW: 0,
+    ChannelState.INIT: 1,
+    ChannelState.ROUTING: 2,
+    **dict.fromkeys(_EXECUTION_STATES, 3),
+    ChannelState.HANGUP: 4,
+    ChannelState.REPORTING: 5,
+    ChannelState.DESTROY: 6,
+}
+
+
+def _phase(state: ChannelState) -> int:
+    return _PHASE.get(state, -1)
 
 
 class _SessionLike(Protocol):
@@ -398,7 +429,7 @@ class Channel:
         """The leg has hung up (``cause`` None when its hangup event was lost)."""
         self._hungup = True
         self.hangup_cause = cause
-        if self._state < ChannelState.HANGUP:
+        if _phase(self._state) < _phase(ChannelState.HANGUP):
             self._state = ChannelState.HANGUP
 
     def _wake(self, event: ESLEvent) -> None:
@@ -696,13 +727,30 @@ class Channel:
         """Wait until this leg reaches ``target`` (a ChannelState or its name) or fires
         the event named ``target`` (``"DTMF"``, ``"CHANNEL_BRIDGE"``…).
 
-        EXECUTE needs both CS_EXECUTE and the answer (a ringing leg is already in
-        CS_EXECUTE-like states on some endpoints). Returns None at once when the target is
-        already reached or the leg has hung up; a hangup ends the wait, returning None.
-        For an event target the event is returned. ``timeout`` raises
-        :class:`genesis.exceptions.TimeoutError`.
+        FreeSWITCH's states are not ordered like their numbers, so "reached" means:
+
+        * NEW, INIT, ROUTING, HANGUP, REPORTING, DESTROY: reached or passed along the
+          forward progression NEW, INIT, ROUTING, (any execution state), HANGUP,
+          REPORTING, DESTROY. An answered leg in EXECUTE has passed ROUTING.
+        * The execution states SOFT_EXECUTE, EXECUTE, EXCHANGE_MEDIA, PARK,
+          CONSUME_MEDIA, HIBERNATE, RESET: the leg is in that state now. A leg moves
+          among them in any order (uuid_bridge takes it from EXECUTE through HIBERNATE,
+          RESET and SOFT_EXECUTE), so having been in one, or in a "higher" one, does not
+          count. EXECUTE also needs the answer: a leg originated with
+          ``return_ring_ready`` runs its application in CS_EXECUTE while still ringing.
+          PARK is the state uuid_park sets; the ``park`` application (and the
+          ``&park()`` of :meth:`create`) runs in CS_EXECUTE and fires CHANNEL_PARK.
+        * Hangup is terminal: a leg that has hung up reaches nothing more, so its hangup
+          ends every wait, returning None, and a later wait returns None at once,
+          whatever the target (REPORTING and DESTROY included).
+
+        Returns the event that reached the target (for an event target, that event), or
+        None at once when it is already reached. NONE is no state a leg reaches
+        (ValueError). ``timeout`` raises :class:`genesis.exceptions.TimeoutError`.
         """
         state = _as_state(target)
+        if state is ChannelState.NONE:
+            raise ValueError("ChannelState.NONE means 'not known yet': a leg never reaches it")
         label = state.name if state is not None else str(target)
 
         async def run(span: Span | None) -> ESLEvent | None:
@@ -749,9 +797,9 @@ class Channel:
             self._cancel_waiter(future)
 
     def _reached(self, state: ChannelState) -> bool:
-        if state == ChannelState.EXECUTE:
-            return self._answered and ChannelState.EXECUTE <= self._state < ChannelState.HANGUP
-        return self._state >= state
+        if state in _EXECUTION_STATES:
+            return self._state is state and (state is not ChannelState.EXECUTE or self._answered)
+        return _phase(self._state) >= _phase(state)
 
     # -- DTMF ---------------------------------------------------------------------------------
 
