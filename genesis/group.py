@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import time
@@ -42,20 +43,44 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Background decrements and hangups: referenced here so they are not garbage collected.
+# Background decrements, releases and hangups: the event loop only keeps weak references
+# to tasks, so these are referenced here until they end.
 _background: set[asyncio.Task[Any]] = set()
 
 
-def _spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+def _keep(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
     task = asyncio.create_task(coro)
     _background.add(task)
     task.add_done_callback(_background.discard)
     return task
 
 
-async def _shielded(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Await ``coro`` to its end even if the caller is cancelled meanwhile."""
-    return await asyncio.shield(_spawn(coro))
+def _spawn(coro: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
+    """Run ``coro`` in the background. Nobody awaits it, so a failure is logged here,
+    as ``"<what> failed"`` with its traceback; otherwise asyncio would only report a
+    "Task exception was never retrieved" whenever the task happens to be collected."""
+    task = _keep(coro)
+    task.add_done_callback(functools.partial(_log_failure, what))
+    return task
+
+
+def _log_failure(what: str, task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.error("%s failed", what, exc_info=exc)
+
+
+async def _shielded(coro: Coroutine[Any, Any, Any], what: str) -> Any:
+    """Await ``coro`` to its end even if the caller is cancelled meanwhile.
+
+    A caller still waiting gets the failure; once it is cancelled nobody will, so the
+    failure is logged as by :func:`_spawn`.
+    """
+    task = _keep(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(functools.partial(_log_failure, what))
+        raise
 
 
 class LoadBalancerBackend(ABC):
@@ -244,7 +269,10 @@ class RedisLoadBalancer(LoadBalancerBackend):
             del self._tokens[destination]
         # The token is no longer renewed: a cancelled caller must not leave it counted
         # until its lease lapses, so the release runs to its end regardless.
-        await _shielded(self._release(keys=[self._key(destination)], args=[token]))
+        await _shielded(
+            self._release(keys=[self._key(destination)], args=[token]),
+            f"releasing a load balancer count on {destination}",
+        )
 
     async def get_count(self, destination: str) -> int:
         return int(await self._count(keys=[self._key(destination)]))
@@ -261,7 +289,7 @@ class RedisLoadBalancer(LoadBalancerBackend):
         if not destinations:
             return None
         token = f"{self._worker}:{next(self._serial)}"
-        script = _spawn(
+        script = _keep(
             self._acquire(
                 keys=[self._key(d) for d in destinations],
                 args=[token, self._ttl_ms, -1 if limit is None else limit, 1],
@@ -285,10 +313,23 @@ class RedisLoadBalancer(LoadBalancerBackend):
         self, script: asyncio.Future[Any], destinations: Sequence[str], token: str
     ) -> None:
         """Release what an acquire whose caller was cancelled counted after all."""
-        if script.cancelled() or script.exception() is not None or not script.result():
+        if script.cancelled():
             return
-        key = self._key(destinations[int(script.result()) - 1])
-        _spawn(self._release(keys=[key], args=[token]))
+        if (exc := script.exception()) is not None:
+            # Perhaps counted before failing: that lease is not renewed and lapses.
+            logger.error(
+                "load balancer acquire among %s failed after its caller was cancelled",
+                list(destinations),
+                exc_info=exc,
+            )
+            return
+        if not script.result():
+            return
+        destination = destinations[int(script.result()) - 1]
+        _spawn(
+            self._release(keys=[self._key(destination)], args=[token]),
+            f"giving back the load balancer count on {destination} of a cancelled acquire",
+        )
 
     async def close(self) -> None:
         if self._renewer is not None:
@@ -418,12 +459,12 @@ class _Ring:
                     winner = await self._one_by_one()
             finally:
                 # Shielded: a cancelled ring must still hang up what it rang.
-                await _shielded(self._hangup_losers(winner))
+                await _shielded(self._hangup_losers(winner), "hanging up a ring group's legs")
         except BaseException as exc:
             if winner is not None:
                 # Cancelled while the losers were hung up: the winner will never reach
                 # the caller, so nobody else would ever hang it up.
-                _spawn(_hang_up([winner]))
+                _spawn(_hang_up([winner]), f"hanging up ring group leg {winner.uuid}")
             if span is not None:
                 cancelled = isinstance(exc, asyncio.CancelledError)
                 span.set_attribute("ring_group.result", "cancelled" if cancelled else "error")
@@ -499,8 +540,12 @@ class _Ring:
         on_end = None
         if balancer is not None:
 
-            def on_end(_leg: Channel) -> None:
-                _spawn(balancer.decrement(destination))
+            def on_end(leg: Channel) -> None:
+                _spawn(
+                    balancer.decrement(destination),
+                    f"ring group leg {leg.uuid} to {destination} ended: decrementing its"
+                    " load balancer count",
+                )
 
         try:
             leg = await Channel.create(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -226,4 +227,38 @@ async def test_cancelled_decrement_still_releases(redis_url: str, redis_prefix: 
         assert await lb.acquire(["gw"]) == "gw"
         await cancel_behind_busy_script(lb, client, lambda: lb.decrement("gw"))
     finally:
+        await lb.close()
+
+
+async def test_release_failing_after_its_caller_left_is_logged(
+    redis_url: str, redis_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import redis.asyncio
+    from redis.exceptions import ResponseError
+
+    lb = RedisLoadBalancer(redis_url, key_prefix=redis_prefix)
+    other = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        assert await lb.acquire(["gw"]) == "gw"
+        # The key no longer holds a count: the release script fails on it (WRONGTYPE).
+        await other.delete(redis_prefix + "gw")
+        await other.set(redis_prefix + "gw", "not a count")
+        decrementing = asyncio.ensure_future(lb.decrement("gw"))
+        await asyncio.sleep(0)  # its release is under way, shielded from the caller
+        decrementing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await decrementing
+
+        def logged() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if r.name == "genesis.group" and r.exc_info]
+
+        async with asyncio.timeout(WAIT):  # nobody awaits the release any more
+            while not logged():
+                await asyncio.sleep(0.01)
+        [record] = logged()
+        assert record.levelno == logging.ERROR
+        assert "load balancer" in record.getMessage() and "gw" in record.getMessage()
+        assert record.exc_info is not None and isinstance(record.exc_info[1], ResponseError)
+    finally:
+        await other.aclose()
         await lb.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -274,6 +275,40 @@ async def test_parallel_legs_failing_together_raise_and_leave_nothing_unretrieve
     await asyncio.sleep(0)
     assert "never retrieved" not in caplog.text
     assert fs.calls == []
+
+
+class _UnreachableOnDecrement(InMemoryLoadBalancer):
+    """A balancer whose store went away after the call was counted."""
+
+    async def decrement(self, destination: str) -> None:
+        raise ConnectionError(f"store unreachable while decrementing {destination}")
+
+
+async def test_failed_decrement_is_logged_naming_the_leg_and_destination(
+    fs: FreeSwitchSimulator, client: Inbound, caplog: pytest.LogCaptureFixture
+) -> None:
+    balancer = _UnreachableOnDecrement()
+    winner = await asyncio.wait_for(
+        RingGroup.ring(client, ["user/2002"], RingMode.BALANCING, 5.0, balancer=balancer), WAIT
+    )
+    assert winner is not None
+    await winner.hangup()
+    await winner.wait(ChannelState.HANGUP, timeout=WAIT)
+
+    def logged() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "genesis.group" and r.exc_info]
+
+    async with asyncio.timeout(WAIT):  # the decrement runs in the background
+        while not logged():
+            await asyncio.sleep(0.01)
+    [record] = logged()
+    assert record.levelno == logging.ERROR
+    message = record.getMessage()
+    assert winner.uuid in message and "user/2002" in message and "load balancer" in message
+    assert record.exc_info is not None and isinstance(record.exc_info[1], ConnectionError)
+    gc.collect()  # a task whose exception nobody read reports it when collected
+    await asyncio.sleep(0)
+    assert "never retrieved" not in caplog.text
 
 
 async def test_ring_cancelled_while_hanging_up_the_losers_hangs_up_the_winner(
