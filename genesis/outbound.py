@@ -19,6 +19,7 @@ raises SessionGoneAway instead of waiting for an execution that will never compl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import socket
@@ -91,16 +92,30 @@ class Session(Protocol):
             self._lost.set_result(None)
 
     async def close(self) -> None:
-        """Close the connection (FreeSWITCH then ends the socket application)."""
-        transport = self._transport
-        if transport is not None:
-            transport.close()
-            if self._lost is not None:
-                try:
-                    await asyncio.wait_for(asyncio.shield(self._lost), 1.0)
-                except asyncio.TimeoutError:
-                    transport.abort()
-        await self._dispatcher.close()
+        """Close the connection (FreeSWITCH then ends the socket application).
+
+        Waits up to 1 s for the socket to close, then aborts it, and stops the async event
+        handlers. Cancelled during that wait, it aborts the socket at once and still stops
+        them before the CancelledError propagates.
+        """
+        try:
+            await self._close_transport()
+        finally:
+            await self._dispatcher.close()
+
+    async def _close_transport(self) -> None:
+        transport, lost = self._transport, self._lost
+        if transport is None or lost is None:
+            return
+        transport.close()
+        try:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(lost), 1.0)
+        finally:
+            # Timed out or cancelled: a peer that stopped reading keeps a closing socket
+            # open for as long as the bytes queued for it stay unsent, possibly forever.
+            if not lost.done():
+                transport.abort()
 
     async def connect(self, timeout: float | None = None) -> dict[str, Any]:
         """Send ``connect``; keep the channel data in ``context`` and its uuid in ``uuid``."""

@@ -226,3 +226,49 @@ async def test_a_hangup_during_a_blocking_sendmsgs_subscribe_raises_session_gone
     finally:
         writer.close()
         await server.stop(timeout=2)
+
+
+async def test_stop_cancelling_a_close_stuck_on_a_peer_that_does_not_read_aborts_it() -> None:
+    # The handler is done; its session's close() waits for a socket that cannot flush (the
+    # peer stopped reading). stop(timeout=0) cancels that wait: the socket must not stay
+    # open for good, nor the session's async event handlers run on.
+    ready, paused, returned = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    worker_cancelled = asyncio.Event()
+    sessions: list[Session] = []
+
+    async def on_execute(event: Any) -> None:
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            worker_cancelled.set()
+            raise
+
+    async def handler(session: Session) -> None:
+        session.on("CHANNEL_EXECUTE", on_execute)
+        await session.sendmsg("execute", "answer", block=True, timeout=5)
+        sessions.append(session)
+        ready.set()
+        await paused.wait()
+        assert session.writer is not None
+        session.writer.write(b"x" * (64 << 20))  # more than the kernel buffers hold
+        returned.set()
+
+    server = Outbound(handler, "127.0.0.1", 0)
+    await server.start(block=False)
+    fake = await call(server.addresses[0][1])
+    assert fake.transport is not None
+    try:
+        await asyncio.wait_for(ready.wait(), 5)
+        fake.transport.pause_reading()
+        paused.set()
+        await asyncio.wait_for(returned.wait(), 5)
+        [session] = sessions
+        transport = session.writer
+        assert transport is not None and transport.is_closing()
+        assert transport.get_write_buffer_size() > 0, "the close could complete: no test"
+        await asyncio.wait_for(server.stop(timeout=0), CANCEL_GRACE + 5)
+        assert session.writer is None, "the cancelled close left the socket open"
+        assert worker_cancelled.is_set()
+        assert server.sessions == {}
+    finally:
+        fake.transport.close()
