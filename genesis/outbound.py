@@ -23,6 +23,7 @@ import contextlib
 import importlib
 import logging
 import socket
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -293,10 +294,24 @@ class Outbound:
             await self.handler(session)
         except (SessionGoneAway, ConnectionError) as exc:
             logger.info("session %s ended: %s", session.uuid, exc)
-        except Exception:
+        except (Exception, asyncio.CancelledError) as exc:
+            # A CancelledError the handler raised itself (from a task it awaited that was
+            # cancelled, say) fails it like any other error; only the session's own
+            # cancellation (stop(), the loop shutting down) ends it quietly.
+            if isinstance(exc, asyncio.CancelledError) and self._cancel_requested():
+                raise
             logger.exception("outbound handler failed for session %s", session.uuid)
         finally:
             await session.close()
+
+    def _cancel_requested(self) -> bool:
+        """Whether the running session task was asked to cancel."""
+        if sys.version_info >= (3, 11):
+            task = asyncio.current_task()
+            return task is not None and task.cancelling() > 0
+        # 3.10 counts no cancel requests: only stop()'s own is told apart (as the dispatcher
+        # tells its close() apart); any other is taken for the handler's.
+        return bool(self._stopping)
 
     async def _handshake(self, session: Session) -> None:
         """``connect``, then the events and linger options; ``session.channel`` last."""

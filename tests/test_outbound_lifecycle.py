@@ -11,7 +11,7 @@ import pytest
 from genesis.exceptions import SessionGoneAway
 from genesis.outbound import CANCEL_GRACE, Outbound, Session
 from genesis.testing import FreeSwitchSimulator
-from tests.esl_server import OUTBOUND_FRAMES, FakeCall
+from tests.esl_server import OUTBOUND_FRAMES, OUTBOUND_UUID, FakeCall
 
 
 async def call(port: int) -> FakeCall:
@@ -26,6 +26,10 @@ async def listening(server: Outbound) -> tuple[asyncio.Future[None], int]:
     while not server.addresses:
         await asyncio.sleep(0.01)
     return runner, server.addresses[0][1]
+
+
+def outbound_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "genesis.outbound"]
 
 
 @pytest.mark.parametrize("mode", ["async", "static"])
@@ -272,3 +276,44 @@ async def test_stop_cancelling_a_close_stuck_on_a_peer_that_does_not_read_aborts
         assert server.sessions == {}
     finally:
         fake.transport.close()
+
+
+async def test_a_cancelled_error_the_handler_raises_itself_is_its_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def handler(session: Session) -> None:
+        inner = asyncio.ensure_future(asyncio.get_running_loop().create_future())
+        inner.cancel()
+        await inner  # someone else's cancellation: the session itself was not cancelled
+
+    server = Outbound(handler, "127.0.0.1", 0)
+    await server.start(block=False)
+    with caplog.at_level(logging.INFO, logger="genesis.outbound"):
+        fake = await call(server.addresses[0][1])
+        await asyncio.wait_for(fake.closed, 5)
+        await server.stop()
+    failures = [r for r in outbound_records(caplog)
+                if r.getMessage() == "outbound handler failed for session " + OUTBOUND_UUID]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+    assert isinstance(failures[0].exc_info[1], asyncio.CancelledError)
+    assert server.sessions == {}
+
+
+async def test_a_handler_cancelled_by_stop_is_not_logged_as_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    started = asyncio.Event()
+
+    async def handler(session: Session) -> None:
+        started.set()
+        await asyncio.get_running_loop().create_future()
+
+    server = Outbound(handler, "127.0.0.1", 0)
+    await server.start(block=False)
+    with caplog.at_level(logging.INFO, logger="genesis.outbound"):
+        fake = await call(server.addresses[0][1])
+        await asyncio.wait_for(started.wait(), 5)
+        await server.stop(timeout=0)
+        await asyncio.wait_for(fake.closed, 5)
+    assert [r for r in outbound_records(caplog) if r.levelno >= logging.WARNING] == []
+    assert server.sessions == {}
