@@ -242,6 +242,10 @@ class Outbound:
 
         ``reuse_port=True`` sets SO_REUSEPORT so several worker processes can listen on the
         same port and the kernel spreads calls between them.
+
+        Cancelling start() (blocked serving, or still starting) stops the server as
+        :meth:`stop` does, then the CancelledError propagates: no socket is left listening
+        with nobody to stop it.
         """
         if self._server is not None:
             raise GenesisError("already listening: call stop() first")
@@ -249,17 +253,25 @@ class Outbound:
         if self.reuse_port and not hasattr(socket, "SO_REUSEPORT"):
             raise GenesisError("reuse_port is not supported on this platform")
         try:
-            self._server = await loop.create_server(
+            # Not serving yet: the stdlib's own start_serving() can be cancelled with the
+            # socket already listening, before the server is handed back to close it.
+            server = await loop.create_server(
                 self._session_factory, self.host, self.port,
-                reuse_port=self.reuse_port or None, backlog=self.backlog,
+                reuse_port=self.reuse_port or None, backlog=self.backlog, start_serving=False,
             )
         except OSError as exc:
             raise ConnectionError(f"cannot listen on {self.host}:{self.port}: {exc}") from exc
-        self._stopped = loop.create_future()
-        if logger.isEnabledFor(logging.INFO):
-            logger.info("outbound server listening on %s", self.addresses)
-        if block:
-            await asyncio.shield(self._stopped)
+        self._server = server
+        stopped = self._stopped = loop.create_future()
+        try:
+            await server.start_serving()
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("outbound server listening on %s", self.addresses)
+            if block:
+                await asyncio.shield(stopped)
+        except asyncio.CancelledError:
+            await self.stop()
+            raise
 
     def _session_factory(self) -> Session:
         return Session(self, max_concurrency=self.max_concurrency, max_pending=self.max_pending)

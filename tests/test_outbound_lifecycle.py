@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import Any
 
 import pytest
@@ -26,6 +27,23 @@ async def listening(server: Outbound) -> tuple[asyncio.Future[None], int]:
     while not server.addresses:
         await asyncio.sleep(0.01)
     return runner, server.addresses[0][1]
+
+
+async def refused(port: int) -> bool:
+    """Whether nothing listens on ``port`` any more."""
+    try:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except ConnectionRefusedError:
+        return True
+    writer.close()
+    return False
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def outbound_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -317,3 +335,56 @@ async def test_a_handler_cancelled_by_stop_is_not_logged_as_failed(
         await asyncio.wait_for(fake.closed, 5)
     assert [r for r in outbound_records(caplog) if r.levelno >= logging.WARNING] == []
     assert server.sessions == {}
+
+
+async def test_cancelling_a_blocked_start_stops_the_server_as_stop_does() -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    finished: list[str | None] = []
+
+    async def handler(session: Session) -> None:
+        started.set()
+        await release.wait()
+        finished.append(session.uuid)
+
+    server = Outbound(handler, "127.0.0.1", 0)
+    runner, port = await listening(server)
+    fake = await call(port)
+    await asyncio.wait_for(started.wait(), 5)
+    runner.cancel()
+
+    async def unlistened() -> None:
+        while server.addresses:
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(unlistened(), 5)
+    assert await refused(port)
+    # As stop() does: the running call is given time to finish, not cut off.
+    assert not runner.done()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(runner, 5)
+    await asyncio.wait_for(fake.closed, 5)
+    assert finished == [OUTBOUND_UUID] and server.sessions == {}
+
+
+async def test_a_start_cancelled_while_starting_leaves_nothing_listening() -> None:
+    async def handler(session: Session) -> None:
+        pass
+
+    port = free_port()
+    server = Outbound(handler, "127.0.0.1", port)
+    # Cancelled at each of its suspensions in turn, until the first turn it has returned by.
+    for turns in range(100):
+        starting = asyncio.ensure_future(server.start(block=False))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        if not starting.cancel():
+            break
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        assert await refused(port), f"still listening after a cancel {turns} turns in"
+    else:
+        pytest.fail("start() never returned")
+    await starting
+    assert server.addresses[0][1] == port
+    await server.stop()
