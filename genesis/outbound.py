@@ -243,26 +243,38 @@ class Outbound:
         ``reuse_port=True`` sets SO_REUSEPORT so several worker processes can listen on the
         same port and the kernel spreads calls between them.
 
-        Cancelling start() (blocked serving, or still starting) stops the server as
-        :meth:`stop` does, then the CancelledError propagates: no socket is left listening
-        with nobody to stop it.
+        One server at a time: a start() while another is starting (still opening its socket
+        included) or serving raises GenesisError at once and leaves that one alone; after
+        :meth:`stop` it may be started again. A stop() that comes while the socket is being
+        opened wins: start() then returns without listening. Cancelling start() (blocked
+        serving, or still starting) stops the server as :meth:`stop` does, then the
+        CancelledError propagates: no socket is left listening with nobody to stop it.
         """
-        if self._server is not None:
-            raise GenesisError("already listening: call stop() first")
-        loop = asyncio.get_running_loop()
+        if self._stopped is not None and not self._stopped.done():
+            raise GenesisError("already started: call stop() first")
         if self.reuse_port and not hasattr(socket, "SO_REUSEPORT"):
             raise GenesisError("reuse_port is not supported on this platform")
-        try:
-            # Not serving yet: the stdlib's own start_serving() can be cancelled with the
-            # socket already listening, before the server is handed back to close it.
-            server = await loop.create_server(
-                self._session_factory, self.host, self.port,
-                reuse_port=self.reuse_port or None, backlog=self.backlog, start_serving=False,
-            )
-        except OSError as exc:
-            raise ConnectionError(f"cannot listen on {self.host}:{self.port}: {exc}") from exc
-        self._server = server
+        loop = asyncio.get_running_loop()
+        # Taken before the first await, so that a concurrent start() sees this one.
         stopped = self._stopped = loop.create_future()
+        try:
+            try:
+                # Not serving yet: the stdlib's own start_serving() can be cancelled with
+                # the socket already listening, before the server is handed back to close it.
+                server = await loop.create_server(
+                    self._session_factory, self.host, self.port,
+                    reuse_port=self.reuse_port or None, backlog=self.backlog,
+                    start_serving=False,
+                )
+            except OSError as exc:
+                raise ConnectionError(f"cannot listen on {self.host}:{self.port}: {exc}") from exc
+        except BaseException:
+            _settle(stopped)
+            raise
+        if stopped.done():
+            server.close()
+            return
+        self._server = server
         try:
             await server.start_serving()
             if logger.isEnabledFor(logging.INFO):
@@ -382,8 +394,14 @@ class Outbound:
         # From 3.12 on wait_closed() waits for every connection, the caller's included.
         if server is not None and caller not in self.sessions.values():
             await server.wait_closed()
-        if self._stopped is not None and not self._stopped.done():
-            self._stopped.set_result(None)
+        if self._stopped is not None:
+            _settle(self._stopped)
+
+
+def _settle(stopped: asyncio.Future[None]) -> None:
+    """Mark a start() (``Outbound._stopped``) as over, once."""
+    if not stopped.done():
+        stopped.set_result(None)
 
 
 def _channel_for(session: Session) -> Any:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from genesis.exceptions import SessionGoneAway
+from genesis.exceptions import GenesisError, SessionGoneAway
 from genesis.outbound import CANCEL_GRACE, Outbound, Session
 from genesis.testing import FreeSwitchSimulator
 from tests.esl_server import OUTBOUND_FRAMES, OUTBOUND_UUID, FakeCall
@@ -388,3 +388,35 @@ async def test_a_start_cancelled_while_starting_leaves_nothing_listening() -> No
     await starting
     assert server.addresses[0][1] == port
     await server.stop()
+
+
+async def test_a_second_concurrent_start_fails_and_the_first_serves_alone() -> None:
+    async def handler(session: Session) -> None:
+        pass
+
+    server = Outbound(handler, "127.0.0.1", 0)
+    first, second = await asyncio.gather(
+        server.start(block=False), server.start(block=False), return_exceptions=True)
+    assert first is None
+    assert isinstance(second, GenesisError) and "already started" in str(second)
+    [(_host, port)] = server.addresses
+    with pytest.raises(GenesisError, match="already started"):
+        await server.start()
+    await server.stop()
+    assert await refused(port)
+    # Stopped, it starts again.
+    await server.start(block=False)
+    await server.stop()
+
+
+async def test_a_stop_while_start_opens_its_socket_wins() -> None:
+    async def handler(session: Session) -> None:
+        pass
+
+    # A host name: start() awaits its resolution before it has a socket to close.
+    server = Outbound(handler, "localhost", 0)
+    starting = asyncio.ensure_future(server.start())
+    await asyncio.sleep(0)
+    await server.stop()
+    await asyncio.wait_for(starting, 5)
+    assert server.addresses == []
