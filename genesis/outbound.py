@@ -309,11 +309,18 @@ class Outbound:
         try:
             try:
                 await self._handshake(session)
+            except (SessionGoneAway, ConnectionError):
+                raise  # the call ended early: said below, as when the handler sees it
             except asyncio.TimeoutError:
                 # Only the handshake's own timeouts: a handler's (a blocking sendmsg, a
                 # Channel.wait) are its failures, logged with their traceback below.
                 logger.error("session %s: FreeSWITCH did not answer the handshake in %ss",
                              session.uuid, self.timeout)
+                return
+            except Exception:
+                # A -ERR to connect, a reply without the channel...: the handler never ran,
+                # so it is not its failure.
+                logger.exception("session %s: outbound handshake failed", session.uuid)
                 return
             await self.handler(session)
         except (SessionGoneAway, ConnectionError) as exc:

@@ -12,7 +12,7 @@ import pytest
 from genesis.exceptions import GenesisError, SessionGoneAway
 from genesis.outbound import CANCEL_GRACE, Outbound, Session
 from genesis.testing import FreeSwitchSimulator
-from tests.esl_server import OUTBOUND_FRAMES, OUTBOUND_UUID, FakeCall
+from tests.esl_server import OUTBOUND_FRAMES, OUTBOUND_UUID, FakeCall, reply
 
 
 async def call(port: int) -> FakeCall:
@@ -420,3 +420,29 @@ async def test_a_stop_while_start_opens_its_socket_wins() -> None:
     await server.stop()
     await asyncio.wait_for(starting, 5)
     assert server.addresses == []
+
+
+async def test_a_refused_connect_is_a_handshake_failure_and_the_handler_never_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ran: list[Session] = []
+
+    async def handler(session: Session) -> None:
+        ran.append(session)
+
+    server = Outbound(handler, "127.0.0.1", 0)
+    await server.start(block=False)
+    with caplog.at_level(logging.INFO, logger="genesis.outbound"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.addresses[0][1])
+        assert await asyncio.wait_for(reader.readuntil(b"\n\n"), 5) == b"connect\n\n"
+        writer.write(reply("-ERR no channel"))
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing else sent
+        writer.close()
+        await server.stop()
+    records = outbound_records(caplog)
+    assert not [r for r in records if "handler failed" in r.getMessage()]
+    failures = [r for r in records if r.getMessage() == "session None: outbound handshake failed"]
+    assert len(failures) == 1 and failures[0].levelno == logging.ERROR
+    assert failures[0].exc_info is not None
+    assert "connect refused: -ERR no channel" in str(failures[0].exc_info[1])
+    assert ran == []
