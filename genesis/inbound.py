@@ -43,7 +43,7 @@ from genesis.exceptions import (
     GenesisError,
 )
 from genesis.protocol import commands
-from genesis.protocol.base import Protocol, _reply_text, is_ok
+from genesis.protocol.base import Protocol, _reply_text, close_transport, is_ok
 from genesis.protocol.parser import ESLEvent
 
 logger = logging.getLogger("genesis.inbound")
@@ -170,18 +170,30 @@ class Inbound(Protocol):
         await asyncio.shield(self._closed)
 
     async def stop(self) -> None:
-        """Close the connection, stop reconnecting, cancel pending handlers; prompt."""
+        """Close the connection, stop reconnecting, cancel pending handlers; prompt.
+
+        The close waits up to 1 s for the socket to close, then aborts it. Cancelled
+        during that wait, it aborts the socket at once and still stops the handlers
+        before the CancelledError propagates.
+        """
         self._stopping = True
         reconnector, self._reconnector = self._reconnector, None
-        if reconnector is not None:
-            reconnector.cancel()
-            await asyncio.gather(reconnector, return_exceptions=True)
-        await self._close_transport()
-        await self._dispatcher.close()
-        for task in list(self._callbacks):
-            task.cancel()
-        self._clear_ledger()
-        self._finish(None)
+        try:
+            if reconnector is not None:
+                reconnector.cancel()
+                await asyncio.gather(reconnector, return_exceptions=True)
+        finally:
+            # Each step runs even when the one before was cancelled (or failed).
+            try:
+                await self._close_transport()
+            finally:
+                for task in list(self._callbacks):
+                    task.cancel()
+                self._clear_ledger()
+                try:
+                    await self._dispatcher.close()
+                finally:
+                    self._finish(None)
 
     def _finish(self, error: BaseException | None) -> None:
         self._tell_watchers(False)
@@ -197,12 +209,8 @@ class Inbound(Protocol):
         transport, lost = self._transport, self._lost_waiter
         if transport is None:
             return
-        transport.close()
-        if lost is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(lost), 1.0)
-            except asyncio.TimeoutError:
-                transport.abort()
+        assert lost is not None  # connection_made sets both
+        await close_transport(transport, lost)
 
     # -- connect and authenticate ---------------------------------------------------------
 

@@ -19,7 +19,6 @@ raises SessionGoneAway instead of waiting for an execution that will never compl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import logging
 import socket
@@ -35,7 +34,7 @@ from genesis.exceptions import (
     ProtocolError,
     SessionGoneAway,
 )
-from genesis.protocol.base import Protocol, is_ok
+from genesis.protocol.base import Protocol, close_transport, is_ok
 from genesis.protocol.parser import ESLEvent
 
 logger = logging.getLogger("genesis.outbound")
@@ -108,15 +107,7 @@ class Session(Protocol):
         transport, lost = self._transport, self._lost
         if transport is None or lost is None:
             return
-        transport.close()
-        try:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(lost), 1.0)
-        finally:
-            # Timed out or cancelled: a peer that stopped reading keeps a closing socket
-            # open for as long as the bytes queued for it stay unsent, possibly forever.
-            if not lost.done():
-                transport.abort()
+        await close_transport(transport, lost)
 
     async def connect(self, timeout: float | None = None) -> dict[str, Any]:
         """Send ``connect``; keep the channel data in ``context`` and its uuid in ``uuid``."""

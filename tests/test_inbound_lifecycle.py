@@ -9,7 +9,7 @@ import pytest
 
 from genesis.exceptions import ConnectionError
 from genesis.inbound import Inbound
-from tests.esl_server import Connection, ESLServer, reply
+from tests.esl_server import Connection, ESLServer, corpus_event, reply
 
 
 def accept_auth(server: ESLServer, drop: Callable[[int], bool]) -> list[float]:
@@ -171,3 +171,41 @@ async def test_a_loss_before_a_reconnect_handshake_resumes_reconnects_again(
         assert await client.api("echo back", timeout=2) == "back"
     finally:
         await asyncio.wait_for(client.stop(), 2)
+
+
+async def test_a_stop_cancelled_while_closing_on_a_peer_that_does_not_read_aborts(
+    server: ESLServer,
+) -> None:
+    # The peer stopped reading and more is queued than the kernel buffers hold, so the close
+    # can never complete by itself: cancelling stop() must not leave the socket open for
+    # good, nor skip the rest of the stop (handlers stopped, wait_closed() released).
+    client = Inbound("127.0.0.1", server.port, "ClueCon", timeout=2)
+    await asyncio.wait_for(client.start(), 2)
+    worker_cancelled = asyncio.Event()
+
+    async def on_heartbeat(event: object) -> None:
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            worker_cancelled.set()
+            raise
+
+    client.on("HEARTBEAT", on_heartbeat)
+    await server.wait_for(lambda: len(server.connections) == 1, timeout=2)
+    peer = server.connections[0]
+    server.broadcast(corpus_event("HEARTBEAT"))
+    await server.wait_for(lambda: client.events_pending == 1, timeout=2)
+    assert peer.transport is not None
+    peer.transport.pause_reading()
+    transport = client.writer
+    assert transport is not None
+    transport.write(b"x" * (64 << 20))
+    stopping = asyncio.ensure_future(client.stop())
+    await asyncio.sleep(0.2)  # stop() is now waiting for a close that cannot complete
+    assert not stopping.done() and transport.get_write_buffer_size() > 0, "nothing to test"
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    await server.wait_for(lambda: client.writer is None, timeout=2)
+    assert worker_cancelled.is_set()
+    await asyncio.wait_for(client.wait_closed(), 2)

@@ -16,10 +16,11 @@ accepted with stage ACCEPTED, blocking ``sendmsg`` calls with the class's "gone"
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 from uuid import uuid4
 
 from genesis import tracing
@@ -69,6 +70,22 @@ def _reply_text(reply: ESLEvent) -> str:
         return body.split("\n", 1)[0][:128]
     text = reply.get("Reply-Text", "")
     return text if isinstance(text, str) else " ".join(text)
+
+
+async def close_transport(transport: asyncio.Transport, lost: asyncio.Future[Any]) -> None:
+    """Close ``transport`` and wait up to 1 s for ``lost`` (its connection_lost); abort it
+    when that times out or the wait is cancelled, then let the cancel propagate.
+
+    A peer that stopped reading keeps a closing socket open for as long as the bytes queued
+    for it stay unsent, possibly forever: a close that gives up must abort.
+    """
+    transport.close()
+    try:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(lost), 1.0)
+    finally:
+        if not lost.done():
+            transport.abort()
 
 
 def is_ok(reply: ESLEvent) -> bool:
