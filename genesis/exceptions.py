@@ -9,6 +9,7 @@ the Event Socket protocol, and the connection that received them closes.
 from __future__ import annotations
 
 import builtins
+import sys
 from enum import Enum
 from typing import Any
 
@@ -91,8 +92,19 @@ class SessionGoneAway(GenesisError):
     """The outbound session's channel hung up while an operation waited on it."""
 
 
-class TimeoutError(GenesisError, builtins.TimeoutError):  # public name, shadows the builtin
-    """A wait exceeded its timeout."""
+if sys.version_info >= (3, 11):
+
+    class TimeoutError(GenesisError, builtins.TimeoutError):  # public name, shadows the builtin
+        """A wait exceeded its timeout (also the builtin TimeoutError, which asyncio's is)."""
+
+else:
+    # Before 3.11 asyncio's TimeoutError is a class of its own: code catching it around a
+    # Genesis wait, as around asyncio.wait_for, must catch ours there too. (Only there does
+    # importing the parser alone import asyncio.)
+    import asyncio
+
+    class TimeoutError(GenesisError, asyncio.TimeoutError, builtins.TimeoutError):
+        """A wait exceeded its timeout (also the builtin TimeoutError and asyncio's)."""
 
 
 class QueueTimeoutError(TimeoutError):
