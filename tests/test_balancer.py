@@ -12,6 +12,7 @@ import pytest
 
 import genesis
 from genesis.group import InMemoryLoadBalancer, LoadBalancerBackend, RedisLoadBalancer
+from tests.compat import timeout
 from tests.redis_server import kill, run_workers, spawn_python
 
 WAIT = 10.0
@@ -194,7 +195,7 @@ async def cancel_behind_busy_script(lb: RedisLoadBalancer, busy_client: Any,
     with pytest.raises(asyncio.CancelledError):
         await calling
     await asyncio.wait_for(busy, WAIT)
-    async with asyncio.timeout(WAIT):
+    async with timeout(WAIT):
         while await lb.get_count("gw"):
             await asyncio.sleep(0.01)
 
@@ -252,7 +253,7 @@ async def test_release_failing_after_its_caller_left_is_logged(
         def logged() -> list[logging.LogRecord]:
             return [r for r in caplog.records if r.name == "genesis.group" and r.exc_info]
 
-        async with asyncio.timeout(WAIT):  # nobody awaits the release any more
+        async with timeout(WAIT):  # nobody awaits the release any more
             while not logged():
                 await asyncio.sleep(0.01)
         [record] = logged()

@@ -18,6 +18,7 @@ from genesis.inbound import Gap, Inbound
 from genesis.outbound import Outbound, Session
 from genesis.testing import FreeSwitchSimulator
 from genesis.types import ChannelState
+from tests.compat import timeout
 
 WAIT = 10.0
 
@@ -44,7 +45,7 @@ def _drop_connections(fs: FreeSwitchSimulator) -> None:
 
 
 async def _until_counted(balancer: InMemoryLoadBalancer, target: str, count: int) -> None:
-    async with asyncio.timeout(WAIT):
+    async with timeout(WAIT):
         while await balancer.get_count(target) != count:
             await asyncio.sleep(0.01)
 
@@ -63,7 +64,7 @@ async def test_leg_hung_up_in_a_gap_ends_after_the_reconnect(fs: FreeSwitchSimul
 
         _drop_connections(fs)
         fs.channels[gone.uuid].hangup()
-        async with asyncio.timeout(WAIT):
+        async with timeout(WAIT):
             while gone.uuid in fs.channels:
                 await asyncio.sleep(0.01)
         assert not gaps and not gone.is_gone  # torn down while nobody was listening
@@ -128,7 +129,7 @@ async def test_legs_rung_from_an_outbound_session_outlive_its_connection_uncount
         fs.route("5000", socket=f"127.0.0.1:{server.addresses[0][1]} async full")
         await fs.place_call("5000", caller="1000")
 
-        async with asyncio.timeout(WAIT):
+        async with timeout(WAIT):
             while not legs:
                 await asyncio.sleep(0.01)
         await _until_counted(balancer, "user/2002", 1)

@@ -11,6 +11,7 @@ import pytest
 
 from genesis import cli
 from genesis.testing import FreeSwitchSimulator
+from tests.compat import timeout
 
 APP = """
 from genesis import Consumer
@@ -43,7 +44,7 @@ async def test_consumer_command_line_overrides_host_port_password(app_module: st
         running = asyncio.create_task(app.start())
         module = sys.modules[app_module]
         try:
-            async with asyncio.timeout(5):
+            async with timeout(5):
                 while not module.seen:
                     await asyncio.sleep(0.01)
         finally:

@@ -18,6 +18,7 @@ from genesis.outbound import Outbound, Session
 from genesis.testing import FreeSwitchSimulator
 from genesis.testing.channels import Channel as SimChannel
 from genesis.types import ChannelState
+from tests.compat import timeout
 
 WAIT = 10.0
 
@@ -44,7 +45,7 @@ def _legs(fs: FreeSwitchSimulator, target: str) -> list[SimChannel]:
 
 
 async def _all_ended(fs: FreeSwitchSimulator, keep: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-    async with asyncio.timeout(WAIT):
+    async with timeout(WAIT):
         while set(fs.channels) - keep:
             await asyncio.sleep(0.01)
 
@@ -115,7 +116,7 @@ async def test_balancing_picks_least_loaded_and_counts_until_the_leg_ends(
     assert await balancer.get_count("user/2002") == 1
     await winner.hangup()
     await winner.wait(ChannelState.HANGUP, timeout=WAIT)
-    async with asyncio.timeout(WAIT):
+    async with timeout(WAIT):
         while await balancer.get_count("user/2002"):
             await asyncio.sleep(0.01)
     assert await balancer.get_count("user/2001") == 1  # the pre-existing call is untouched
@@ -132,7 +133,7 @@ async def test_balancing_moves_on_when_a_destination_fails(
         WAIT,
     )
     assert winner is not None and winner.dial_path == "user/2002"
-    async with asyncio.timeout(WAIT):  # the busy leg's count ended with it
+    async with timeout(WAIT):  # the busy leg's count ended with it
         while await balancer.get_count("user/2004"):
             await asyncio.sleep(0.01)
     await winner.hangup()
@@ -176,14 +177,14 @@ async def test_ring_group_from_outbound_session_bridges_the_caller(
         port = server.addresses[0][1]
         fs.route("5000", socket=f"127.0.0.1:{port} async full")
         caller = await fs.place_call("5000", caller="1000")
-        async with asyncio.timeout(WAIT):
+        async with timeout(WAIT):
             while "bridged" not in results:
                 await asyncio.sleep(0.01)
         winner = results["winner"]
         assert isinstance(winner, Channel) and winner.dial_path == "user/2002"
         assert not caller.hungup  # the caller's channel was never touched by the cleanup
         assert caller.bridged_to == winner.uuid
-        async with asyncio.timeout(WAIT):
+        async with timeout(WAIT):
             while set(fs.channels) - {caller.uuid, winner.uuid}:
                 await asyncio.sleep(0.01)
         for loser in _legs(fs, "user/2001") + _legs(fs, "user/2003"):
@@ -298,7 +299,7 @@ async def test_failed_decrement_is_logged_naming_the_leg_and_destination(
     def logged() -> list[logging.LogRecord]:
         return [r for r in caplog.records if r.name == "genesis.group" and r.exc_info]
 
-    async with asyncio.timeout(WAIT):  # the decrement runs in the background
+    async with timeout(WAIT):  # the decrement runs in the background
         while not logged():
             await asyncio.sleep(0.01)
     [record] = logged()
@@ -316,13 +317,13 @@ async def test_ring_cancelled_while_hanging_up_the_losers_hangs_up_the_winner(
 ) -> None:
     fs.endpoint("user/2005", answer_after=0.5)
     ringing = asyncio.create_task(RingGroup.ring(client, ["user/2005", "user/2003"], timeout=5.0))
-    async with asyncio.timeout(WAIT):
+    async with timeout(WAIT):
         while len(fs.calls) < 2:
             await asyncio.sleep(0.01)
     await asyncio.sleep(0.2)  # both legs created: the replies still to come are the hangups'
     fs.faults.delay_replies(2.0)
     [loser] = _legs(fs, "user/2003")
-    async with asyncio.timeout(WAIT):  # 2005 answered, and the ring is hanging 2003 up
+    async with timeout(WAIT):  # 2005 answered, and the ring is hanging 2003 up
         while not loser.hungup:
             await asyncio.sleep(0.01)
     ringing.cancel()
