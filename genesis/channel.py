@@ -191,6 +191,8 @@ class Channel:
         self.digits: str | None = None
         self.hangup_cause: str | None = None
         self._state = ChannelState.NONE
+        # Every state the leg was seen in: an execution state is reached once visited.
+        self._visited: set[ChannelState] = set()
         self._answered = False
         self._hungup = False
         self._created_at = time.monotonic()
@@ -222,7 +224,7 @@ class Channel:
         channel = cls(session, session.uuid, None, context)  # type: ignore[arg-type]
         state = context.get("Channel-State")
         if isinstance(state, str):
-            channel._state = ChannelState.from_freeswitch(state)
+            channel._enter(ChannelState.from_freeswitch(state))
         channel._answered = context.get("Answer-State") == "answered"
         channel._attach_routing()
         return channel
@@ -403,7 +405,7 @@ class Channel:
         if name == "CHANNEL_STATE":
             state = _header(event, "Channel-State")
             if state is not None:
-                self._state = ChannelState.from_freeswitch(state)
+                self._enter(ChannelState.from_freeswitch(state))
         elif name == "CHANNEL_ANSWER":
             self._answered = True
             self._answered_at = time.monotonic()
@@ -424,6 +426,10 @@ class Channel:
                 return
         if self._waiters:
             self._wake(event)
+
+    def _enter(self, state: ChannelState) -> None:
+        self._state = state
+        self._visited.add(state)
 
     def _mark_hungup(self, cause: str | None) -> None:
         """The leg has hung up (``cause`` None when its hangup event was lost)."""
@@ -733,10 +739,11 @@ class Channel:
           forward progression NEW, INIT, ROUTING, (any execution state), HANGUP,
           REPORTING, DESTROY. An answered leg in EXECUTE has passed ROUTING.
         * The execution states SOFT_EXECUTE, EXECUTE, EXCHANGE_MEDIA, PARK,
-          CONSUME_MEDIA, HIBERNATE, RESET: the leg is in that state now. A leg moves
-          among them in any order (uuid_bridge takes it from EXECUTE through HIBERNATE,
-          RESET and SOFT_EXECUTE), so having been in one, or in a "higher" one, does not
-          count. EXECUTE also needs the answer: a leg originated with
+          CONSUME_MEDIA, HIBERNATE, RESET: the leg has been in that very state (since this
+          Channel followed it). A leg moves among them in any order (uuid_bridge takes it
+          from EXECUTE through HIBERNATE, RESET and SOFT_EXECUTE), so being in a "higher"
+          one does not count; having left it does not undo it (a bridged leg has reached
+          EXECUTE). EXECUTE also needs the answer: a leg originated with
           ``return_ring_ready`` runs its application in CS_EXECUTE while still ringing.
           PARK is the state uuid_park sets; the ``park`` application (and the
           ``&park()`` of :meth:`create`) runs in CS_EXECUTE and fires CHANNEL_PARK.
@@ -798,7 +805,7 @@ class Channel:
 
     def _reached(self, state: ChannelState) -> bool:
         if state in _EXECUTION_STATES:
-            return self._state is state and (state is not ChannelState.EXECUTE or self._answered)
+            return state in self._visited and (state is not ChannelState.EXECUTE or self._answered)
         return _phase(self._state) >= _phase(state)
 
     # -- DTMF ---------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 The states are not ordered like their numbers: real 1.10.12 legs moved by uuid_bridge go
 EXECUTE, HIBERNATE, RESET, SOFT_EXECUTE, then EXCHANGE_MEDIA or CONSUME_MEDIA (see the
-corpus's CHANNEL_STATE events). A wait on one of those states waits for the leg to be in
-it; NEW, INIT, ROUTING and the hangup states are reached or passed in order.
+corpus's CHANNEL_STATE events). A wait on one of those states waits for the leg to have been
+in it; NEW, INIT, ROUTING and the hangup states are reached or passed in order.
 """
 
 from __future__ import annotations
@@ -63,8 +63,9 @@ async def test_uuid_bridge_states_are_waited_for_not_passed(
 
     # HIBERNATE came and went on the way: a bridged leg is not parked.
     assert not parked.done()
-    # Answered, but out of CS_EXECUTE while bridged: not "in EXECUTE" any more.
-    executing = asyncio.create_task(b.wait(ChannelState.EXECUTE, timeout=WAIT))
+    # Out of CS_EXECUTE while bridged, but answered there before: EXECUTE was reached.
+    assert await b.wait(ChannelState.EXECUTE, timeout=WAIT) is None
+    never_parked = asyncio.create_task(b.wait(ChannelState.PARK, timeout=WAIT))
     # Passed along the forward progression: at once.
     assert await a.wait(ChannelState.ROUTING, timeout=WAIT) is None
     assert await b.wait(ChannelState.INIT, timeout=WAIT) is None
@@ -76,9 +77,9 @@ async def test_uuid_bridge_states_are_waited_for_not_passed(
     assert await a.wait(ChannelState.PARK, timeout=WAIT) is None  # there now
 
     # Hangup is terminal: it ends the waits still pending, and no later state is waited for.
-    assert not executing.done()
+    assert not never_parked.done()
     await a.hangup()
-    assert await asyncio.wait_for(executing, WAIT) is None
+    assert await asyncio.wait_for(never_parked, WAIT) is None
     assert await b.wait(ChannelState.DESTROY, timeout=WAIT) is None
     assert b.is_gone
 
