@@ -10,7 +10,7 @@ import pytest
 
 import genesis
 from genesis.exceptions import QueueTimeoutError
-from genesis.queue import InMemoryBackend, Queue, QueueBackend, RedisBackend
+from genesis.queue import InMemoryBackend, Queue, QueueBackend, QueueReleasedError, RedisBackend
 
 WAIT = 5.0  # bound for every await that would hang on a bug
 
@@ -194,6 +194,41 @@ async def test_depth_counts_waiters_only(backend: QueueBackend) -> None:
     for n in (0, 1, 3):
         await backend.release("d", f"w{n}")
     assert await queue.depth("d") == 0
+
+
+async def test_release_of_a_waiting_item_ends_its_wait(backend: QueueBackend) -> None:
+    """release() of an item whose caller waits takes it out of line for good: the wait
+    raises QueueReleasedError, and the slot goes to the next one in line. (In memory the
+    wait went on for an item no longer in line, for good without a timeout; Redis put the
+    item back at the end of the line and later gave it a slot nobody wanted.)"""
+    await asyncio.wait_for(backend.wait_and_acquire("q", "holder", 1, WAIT), WAIT)
+    gone = asyncio.create_task(backend.wait_and_acquire("q", "gone", 1, None))
+    await _until(lambda: _depth_is(backend, "q", 1))
+    nxt = asyncio.create_task(backend.wait_and_acquire("q", "next", 1, WAIT))
+    await _until(lambda: _depth_is(backend, "q", 2))
+    await backend.release("q", "gone")
+    with pytest.raises(QueueReleasedError):
+        await asyncio.wait_for(gone, WAIT)
+    assert await backend.depth("q") == 1
+    await backend.release("q", "holder")
+    await asyncio.wait_for(nxt, WAIT)
+    assert (await backend.active("q"), await backend.depth("q")) == (1, 0)
+    await backend.release("q", "next")
+
+
+async def test_a_wait_started_after_its_place_was_released_waits_normally(
+    backend: QueueBackend,
+) -> None:
+    """A release before the wait starts takes only the place: the wait takes a new one."""
+    await asyncio.wait_for(backend.wait_and_acquire("q", "holder", 1, WAIT), WAIT)
+    await backend.enqueue("q", "late")
+    await backend.release("q", "late")
+    late = asyncio.create_task(backend.wait_and_acquire("q", "late", 1, WAIT))
+    await _until(lambda: _depth_is(backend, "q", 1))
+    await backend.release("q", "holder")
+    await asyncio.wait_for(late, WAIT)
+    assert (await backend.active("q"), await backend.depth("q")) == (1, 0)
+    await backend.release("q", "late")
 
 
 async def test_slot_is_single_use(backend: QueueBackend) -> None:

@@ -14,7 +14,7 @@ import redis.asyncio
 import redis.exceptions
 
 from genesis.exceptions import GenesisError
-from genesis.queue import Queue, RedisBackend
+from genesis.queue import Queue, QueueReleasedError, RedisBackend
 from tests.redis_server import kill, run_workers, spawn_python
 
 WAIT = 10.0
@@ -147,6 +147,53 @@ async def test_live_waiter_keeps_its_place_past_the_ttl(backend: RedisBackend) -
     await backend.release("q", "late")
 
 
+async def test_release_from_another_process_ends_the_wait(backend: RedisBackend) -> None:
+    """A dialer's hang-up handler in another process releases a waiting call: the wait
+    raises QueueReleasedError within a poll instead of taking a place at the back again
+    and, later, a slot nobody wanted."""
+    other = RedisBackend(backend.url, key_prefix=backend.key_prefix, lease_ttl=1.0,
+                         poll_interval=0.02)
+    try:
+        await backend.wait_and_acquire("q", "holder", 1, WAIT)
+        gone = asyncio.create_task(backend.wait_and_acquire("q", "gone", 1, None))
+        async with asyncio.timeout(WAIT):
+            while await backend.depth("q") < 1:
+                await asyncio.sleep(0.01)
+        await other.release("q", "gone")
+        with pytest.raises(QueueReleasedError):
+            await asyncio.wait_for(gone, WAIT)
+        await backend.release("q", "holder")
+        assert (await backend.active("q"), await backend.depth("q")) == (0, 0)
+    finally:
+        await other.close()
+
+
+async def test_a_waiter_purged_as_dead_takes_a_place_again(
+    backend: RedisBackend, redis_url: str,
+) -> None:
+    """A waiter dropped from line as dead (its process stalled past lease_ttl, done here
+    by hand) was not released: it takes a new place and goes on waiting."""
+    waiting_key, beats_key = backend._keys("q")[:2]
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        await backend.wait_and_acquire("q", "holder", 1, WAIT)
+        stalled = asyncio.create_task(backend.wait_and_acquire("q", "stalled", 1, WAIT))
+        async with asyncio.timeout(WAIT):
+            while "q" not in backend._lines or not backend._lines["q"].waiters:
+                await asyncio.sleep(0.01)
+        await client.zrem(waiting_key, "stalled")
+        await client.zrem(beats_key, "stalled")
+        async with asyncio.timeout(WAIT):
+            while await backend.depth("q") < 1:
+                await asyncio.sleep(0.01)
+        assert not stalled.done()
+        await backend.release("q", "holder")
+        await asyncio.wait_for(stalled, WAIT)
+        await backend.release("q", "stalled")
+    finally:
+        await client.aclose()
+
+
 async def _script_calls(client: redis.asyncio.Redis) -> int:
     stats = await client.info("commandstats")
     return sum(int(stats.get(f"cmdstat_{cmd}", {}).get("calls", 0)) for cmd in ("evalsha", "eval"))
@@ -257,11 +304,11 @@ async def test_both_scripts_refuse_an_item_that_holds_a_slot(
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
         await backend.enqueue("q", "same")
-        assert await backend._acquire_many(keys=keys[:3], args=[60_000, "same", 1]) == [1]
+        assert await backend._acquire_many(keys=keys[:4], args=[60_000, "same", 1]) == [1]
         soon = time.time() * 1000 + 2000
         await client.zadd(keys[2], {"same": soon})
         await backend.enqueue("q", "next")
-        assert await backend._acquire_many(keys=keys[:3], args=[60_000, "same", 1, "next", 1]) \
+        assert await backend._acquire_many(keys=keys[:4], args=[60_000, "same", 1, "next", 1]) \
             == [-2, 0]
         assert await backend._acquire(keys=keys, args=["same", 1, 60_000]) == -2
         assert await client.zscore(keys[2], "same") == soon

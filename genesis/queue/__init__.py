@@ -10,7 +10,13 @@ processes share one queue; the ``redis`` package is imported only when a
 from __future__ import annotations
 
 from genesis.exceptions import QueueTimeoutError
-from genesis.queue.base import Queue, QueueBackend, QueueSemaphore, QueueSlot
+from genesis.queue.base import (
+    Queue,
+    QueueBackend,
+    QueueReleasedError,
+    QueueSemaphore,
+    QueueSlot,
+)
 from genesis.queue.memory import InMemoryBackend
 from genesis.queue.redis_backend import RedisBackend
 
@@ -18,6 +24,7 @@ __all__ = [
     "InMemoryBackend",
     "Queue",
     "QueueBackend",
+    "QueueReleasedError",
     "QueueSemaphore",
     "QueueSlot",
     "QueueTimeoutError",

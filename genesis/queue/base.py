@@ -4,9 +4,9 @@ the interface every backend implements (:class:`QueueBackend`).
 A queue is a FIFO of waiting items plus a set of active items. An item is admitted
 when it is among the first ``max_concurrent - active`` waiters, so arrival order is
 kept while the limit allows several holders at once. Every way out of a wait
-(admission, timeout, cancellation) leaves the backend consistent: a waiter that
-gives up is removed, and a slot granted to a waiter that was cancelled at the same
-instant is released rather than leaked.
+(admission, timeout, cancellation, :meth:`QueueBackend.release` of the waiting item)
+leaves the backend consistent: a waiter that gives up is removed, and a slot granted
+to a waiter that was cancelled at the same instant is released rather than leaked.
 """
 
 from __future__ import annotations
@@ -15,6 +15,17 @@ import asyncio
 import uuid
 from abc import ABC, abstractmethod
 from types import TracebackType
+
+from genesis.exceptions import GenesisError
+
+
+class QueueReleasedError(GenesisError):
+    """:meth:`QueueBackend.release` took an item out of line while its caller waited.
+
+    A dialer releases a queued call whose caller hung up, possibly from another task or
+    (with Redis) another process; the wait for it ends with this error instead of going
+    on for an item no longer in line, or taking a slot nobody wants any more.
+    """
 
 
 def _check_limits(max_concurrent: int, timeout: float | None) -> None:
@@ -63,7 +74,13 @@ class QueueBackend(ABC):
 
     @abstractmethod
     async def release(self, queue_id: str, item_id: str) -> None:
-        """Free the slot held by ``item_id`` (or drop it from the line if still waiting)."""
+        """Free the slot held by ``item_id``, or take it out of the line if it is waiting.
+
+        An item taken out of line stays out: a wait going on for it raises
+        :class:`QueueReleasedError` (with Redis, once its process next asks, within
+        ``poll_interval``). A wait started afterwards with the same item id takes a new
+        place at the back of the line.
+        """
 
     @abstractmethod
     async def depth(self, queue_id: str) -> int:

@@ -8,15 +8,17 @@ from collections import Counter
 from itertools import islice
 
 from genesis.exceptions import QueueTimeoutError
-from genesis.queue.base import QueueBackend, already_holds, already_waiting
+from genesis.queue.base import QueueBackend, QueueReleasedError, already_holds, already_waiting
 
 
 class _Waiter:
     __slots__ = ("future", "max_concurrent")
 
-    def __init__(self, future: asyncio.Future[None] | None, max_concurrent: int) -> None:
-        self.future = future
-        self.max_concurrent = max_concurrent
+    def __init__(self) -> None:
+        # Set once the item's caller waits; its result is True when the item is admitted,
+        # False when release() takes it out of line first.
+        self.future: asyncio.Future[bool] | None = None
+        self.max_concurrent = 1
 
 
 class _Line:
@@ -31,22 +33,34 @@ class _Line:
         # the line an admission can reach, so admitting never walks the whole line.
         self.limits: Counter[int] = Counter()
 
-    def start_waiting(self, waiter: _Waiter, future: asyncio.Future[None], limit: int) -> None:
+    def start_waiting(self, waiter: _Waiter, future: asyncio.Future[bool], limit: int) -> None:
         waiter.future = future
         waiter.max_concurrent = limit
         self.limits[limit] += 1
 
-    def leave(self, item_id: str) -> None:
+    def leave(self, item_id: str) -> _Waiter | None:
         """Take ``item_id`` out of the waiting line, if it is there."""
         waiter = self.waiting.pop(item_id, None)
-        if waiter is not None and waiter.future is not None:
+        if waiter is None:
+            return None
+        if waiter.future is not None:
             self.limits[waiter.max_concurrent] -= 1
             if not self.limits[waiter.max_concurrent]:
                 del self.limits[waiter.max_concurrent]
+        return waiter
 
 
 class InMemoryBackend(QueueBackend):
-    """Queues living in this process; safe for any number of tasks on one event loop."""
+    """Queues living in this process; safe for any number of tasks on one event loop.
+
+    The rules match :class:`~genesis.queue.RedisBackend`'s, with this process standing
+    for every process there:
+
+    - A waiting caller keeps its place, and a holder its slot, until it leaves: both live
+      in this process, so neither can outlive it.
+    - :meth:`release` of a waiting item takes it out of line for good; a wait going on for
+      it raises :class:`~genesis.queue.QueueReleasedError` at once.
+    """
 
     __slots__ = ("_lines",)
 
@@ -56,7 +70,7 @@ class InMemoryBackend(QueueBackend):
     async def enqueue(self, queue_id: str, item_id: str) -> None:
         line = self._lines.setdefault(queue_id, _Line())
         if item_id not in line.waiting and item_id not in line.active:
-            line.waiting[item_id] = _Waiter(None, 1)
+            line.waiting[item_id] = _Waiter()
 
     async def wait_and_acquire(
         self,
@@ -70,10 +84,10 @@ class InMemoryBackend(QueueBackend):
         line = self._lines.setdefault(queue_id, _Line())
         if item_id in line.active:
             raise already_holds(queue_id, item_id)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         waiter = line.waiting.get(item_id)
         if waiter is None:
-            waiter = line.waiting[item_id] = _Waiter(None, 1)
+            waiter = line.waiting[item_id] = _Waiter()
         elif waiter.future is not None:
             raise already_waiting(queue_id, item_id)
         line.start_waiting(waiter, future, max_concurrent)
@@ -91,6 +105,8 @@ class InMemoryBackend(QueueBackend):
         if not future.done():
             self._forget(queue_id, item_id)
             raise QueueTimeoutError(f"no slot of queue {queue_id!r} within {timeout} s")
+        if not future.result():
+            raise QueueReleasedError(f"item {item_id!r} was released from queue {queue_id!r}")
 
     async def release(self, queue_id: str, item_id: str) -> None:
         self._forget(queue_id, item_id)
@@ -108,7 +124,11 @@ class InMemoryBackend(QueueBackend):
         if line is None:
             return
         line.active.discard(item_id)
-        line.leave(item_id)
+        waiter = line.leave(item_id)
+        if waiter is not None and waiter.future is not None:
+            # Its wait would otherwise go on for an item no longer in line: only a timeout
+            # could end it, and without one nothing would.
+            waiter.future.set_result(False)
         self._admit(line)
         if not line.waiting and not line.active:
             del self._lines[queue_id]
@@ -126,4 +146,4 @@ class InMemoryBackend(QueueBackend):
             if waiter.future is not None and position < waiter.max_concurrent - taken:
                 line.leave(item_id)
                 line.active.add(item_id)
-                waiter.future.set_result(None)
+                waiter.future.set_result(True)

@@ -3,11 +3,14 @@
 Layout per queue (``<prefix><queue_id>:…``): ``waiting`` is a sorted set scored by an
 arrival counter (``seq``), so its rank is the FIFO position; ``beats`` scores each waiter
 with the time its heartbeat expires; ``active`` scores each holder with the time its
-lease expires. Every decision runs inside one Lua script using Redis's own clock, so
-processes never race each other and their clocks never need to agree. A process that
-dies stops renewing: its waiters and slots expire after ``lease_ttl`` seconds and the
-next script run reclaims them. This fixes the release this project replaces, whose
-backend had no ``depth()``, deadlocked and never removed a cancelled waiter.
+lease expires; ``released`` scores each item :meth:`RedisBackend.release` took out of
+line with the time that news expires, so its wait, in whichever process, can tell being
+released from being purged as dead. Every decision runs inside one Lua script using
+Redis's own clock, so processes never race each other and their clocks never need to
+agree. A process that dies stops renewing: its waiters and slots expire after
+``lease_ttl`` seconds and the next script run reclaims them. This fixes the release this
+project replaces, whose backend had no ``depth()``, deadlocked and never removed a
+cancelled waiter.
 
 A waiter first asks for its slot on its own (which also takes its place in line). If it
 must wait, it joins its process's local line for that queue, and one task per process and
@@ -28,12 +31,14 @@ from typing import Any
 
 from genesis._redis import connect
 from genesis.exceptions import GenesisError, QueueTimeoutError
-from genesis.queue.base import QueueBackend, already_holds, already_waiting
+from genesis.queue.base import QueueBackend, QueueReleasedError, already_holds, already_waiting
 
 logger = logging.getLogger(__name__)
 
 # What the acquire scripts answer for an item whose slot another caller holds.
 _HELD = -2
+# What the pump's script answers for an item that release() took out of line.
+_RELEASED = -3
 
 # Milliseconds from Redis's clock: one time source for every process.
 _NOW = """
@@ -41,20 +46,23 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# Drop waiters whose heartbeat and holders whose lease ran out: their process is gone.
+# Drop waiters whose heartbeat and holders whose lease ran out (their process is gone),
+# and news of releases old enough that no live waiter can still be about to ask.
 _PURGE = """
 local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
 for _, member in ipairs(stale) do redis.call('ZREM', KEYS[1], member) end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 """
 
-# The rule both acquire scripts share (KEYS: waiting, beats, active): the item at ``rank``
-# in line takes a slot when the waiters still ahead of it (``rank`` less the ``ahead``
-# already granted by this same call) fit in the slots left; else it stays in line with
-# its heartbeat renewed. ``grant``: 1 granted, 0 waiting. Before it, both scripts answer
-# _HELD for an item that holds a slot already: its holder is another caller with the same
-# item id (a caller's own grant is never asked about again), who keeps the slot.
+# The rule both acquire scripts share (KEYS: waiting, beats, active, …): the item at
+# ``rank`` in line takes a slot when the waiters still ahead of it (``rank`` less the
+# ``ahead`` already granted by this same call) fit in the slots left; else it stays in
+# line with its heartbeat renewed. ``grant``: 1 granted, 0 waiting. Before it, both
+# scripts answer _HELD for an item that holds a slot already: its holder is another
+# caller with the same item id (a caller's own grant is never asked about again), who
+# keeps the slot.
 _GRANT = f"""
 local HELD = {_HELD}
 local function grant(item, rank, ahead, limit, ttl)
@@ -69,23 +77,24 @@ local function grant(item, rank, ahead, limit, ttl)
 end
 """
 
-# KEYS: waiting, beats, active, seq. ARGV: item, ttl_ms.
+# KEYS: waiting, beats, active, released, seq. ARGV: item, ttl_ms.
 _ENQUEUE = (
     _NOW
     + """
 local ttl = tonumber(ARGV[2])
 if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 0 end
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[4]), ARGV[1])
+  redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[5]), ARGV[1])
 end
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
 return 1
 """
 )
 
-# KEYS: waiting, beats, active, seq. ARGV: item, max_concurrent, ttl_ms.
+# KEYS: waiting, beats, active, released, seq. ARGV: item, max_concurrent, ttl_ms.
 # Returns 1 when the item now holds a slot, 0 when it must keep waiting, _HELD when
-# another caller holds the item's slot.
+# another caller holds the item's slot. A wait asks this first, so news of an earlier
+# release of its item is stale and dropped.
 _ACQUIRE = (
     _NOW
     + _PURGE
@@ -93,24 +102,26 @@ _ACQUIRE = (
     + """
 local ttl = tonumber(ARGV[3])
 if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return HELD end
+redis.call('ZREM', KEYS[4], ARGV[1])
 local rank = redis.call('ZRANK', KEYS[1], ARGV[1])
 if not rank then
-  redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[4]), ARGV[1])
+  redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[5]), ARGV[1])
   rank = redis.call('ZRANK', KEYS[1], ARGV[1])
 end
 return grant(ARGV[1], rank, 0, tonumber(ARGV[2]), ttl)
 """
 )
 
-# KEYS: waiting, beats, active. ARGV: ttl_ms, then item and max_concurrent pairs.
+# KEYS: waiting, beats, active, released. ARGV: ttl_ms, then item and max_concurrent pairs.
 # One result per pair: 1 the item holds a slot, 0 it keeps waiting (heartbeat renewed),
-# -1 it is not in line any more (it gave up, or was purged as dead), _HELD another caller
-# holds its slot. Items are judged in line order, each against the slots left by those
-# granted before it.
+# _RELEASED release() took it out of line, -1 it is not in line any more otherwise (it
+# gave up, or was purged as dead), _HELD another caller holds its slot. Items are judged
+# in line order, each against the slots left by those granted before it.
 _ACQUIRE_MANY = (
     _NOW
     + _PURGE
     + _GRANT
+    + f"local RELEASED = {_RELEASED}\n"
     + """
 local ttl = tonumber(ARGV[1])
 local results = {}
@@ -124,6 +135,8 @@ for i = 2, #ARGV, 2 do
     local rank = redis.call('ZRANK', KEYS[1], item)
     if rank then
       order[#order + 1] = {rank, idx}
+    elseif redis.call('ZREM', KEYS[4], item) == 1 then
+      results[idx] = RELEASED
     else
       results[idx] = -1
     end
@@ -141,12 +154,20 @@ return results
 """
 )
 
-# KEYS: waiting, beats, active. ARGV: item. Removes the item wherever it is.
-_FORGET = """
-redis.call('ZREM', KEYS[1], ARGV[1])
+# KEYS: waiting, beats, active, released. ARGV: item, ttl_ms. Removes the item wherever
+# it is; if it was in line and ttl_ms is not 0, records that it was released, for its
+# wait to learn (0: the wait itself is leaving, nobody is left to tell).
+_FORGET = (
+    _NOW
+    + """
+local ttl = tonumber(ARGV[2])
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 and ttl > 0 then
+  redis.call('ZADD', KEYS[4], now + ttl, ARGV[1])
+end
 redis.call('ZREM', KEYS[2], ARGV[1])
 return redis.call('ZREM', KEYS[3], ARGV[1])
 """
+)
 
 # KEYS: active. ARGV: item, ttl_ms. 0 means the lease was already lost.
 _RENEW = (
@@ -158,7 +179,8 @@ return 1
 """
 )
 
-# KEYS: waiting, beats, active. ARGV: 0 for the waiting count, 1 for the active count.
+# KEYS: waiting, beats, active, released. ARGV: 0 for the waiting count, 1 for the active
+# count.
 _COUNT = (
     _NOW
     + _PURGE
@@ -173,7 +195,16 @@ class RedisBackend(QueueBackend):
     """Queues in Redis, shared by every process using the same ``url`` and ``key_prefix``.
 
     ``lease_ttl`` bounds how long a crashed process's slots and places stay taken;
-    live holders renew their lease every third of it in the background.
+    live holders renew their lease every third of it in the background, and live waiters
+    their place with every poll. A place taken with :meth:`enqueue` has nobody renewing
+    it until a wait for the item starts, so it lapses ``lease_ttl`` seconds after the
+    last ``enqueue`` of the item.
+
+    :meth:`release` of a waiting item takes it out of line for good: its wait, in this
+    process or another, raises :class:`~genesis.queue.QueueReleasedError` once its
+    process next asks (at once when the release ran in the same process, else within
+    ``poll_interval``). A waiter purged as dead, its process having stalled for longer
+    than ``lease_ttl``, takes a new place at the back instead.
 
     Each Redis call fails with redis-py's TimeoutError when the server does not answer
     within the client's socket timeout (5 s unless the URL's ``socket_timeout`` says
@@ -216,7 +247,8 @@ class RedisBackend(QueueBackend):
 
     def _keys(self, queue_id: str) -> list[str]:
         base = f"{self.key_prefix}{queue_id}:"
-        return [base + "waiting", base + "beats", base + "active", base + "seq"]
+        return [base + "waiting", base + "beats", base + "active", base + "released",
+                base + "seq"]
 
     async def enqueue(self, queue_id: str, item_id: str) -> None:
         await self._enqueue(keys=self._keys(queue_id), args=[item_id, self._ttl_ms])
@@ -243,12 +275,14 @@ class RedisBackend(QueueBackend):
             self._waits.discard(wait)
         if answer == _HELD:
             raise already_holds(queue_id, item_id)
+        if answer == _RELEASED:
+            raise QueueReleasedError(f"item {item_id!r} was released from queue {queue_id!r}")
         self._renewers[wait] = asyncio.create_task(self._keep_lease(keys[2], queue_id, item_id))
 
     async def _wait(self, keys: list[str], queue_id: str, item_id: str, max_concurrent: int,
                     timeout: float | None) -> int:
         """Wait for ``item_id``'s slot (``keys``: the queue's): 1 once it holds it, or
-        _HELD (nothing changed)."""
+        _HELD or _RELEASED (nothing left to remove)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             # On its own first: admission at once needs no pump, and this takes the
@@ -275,29 +309,30 @@ class RedisBackend(QueueBackend):
                 if granted.cancelled():
                     raise QueueTimeoutError(f"no slot of queue {queue_id!r} within {timeout} s")
                 answer = granted.result()
-                if answer == -1:  # out of line: take a place again
+                if answer == -1:  # purged as dead: take a place again
                     answer = await self._acquire(
                         keys=keys, args=[item_id, max_concurrent, self._ttl_ms])
         except BaseException:
             # Timeout, cancellation or a Redis error: whether or not the last script ran,
             # removing the item everywhere leaves neither a ghost waiter nor a leaked slot.
             try:
-                await asyncio.shield(self._forget(keys=keys[:3], args=[item_id]))
+                await asyncio.shield(self._forget(keys=keys[:4], args=[item_id, 0]))
             except Exception:
                 # The cause stays what is raised; the item's heartbeat then runs out.
                 logger.warning("removing queue %r item %r failed", queue_id, item_id,
                                exc_info=True)
             raise
         # _HELD: the slot is another process's caller's, with the same item id; if this
-        # caller had a place in line, that caller's grant took it. Nothing is left here
-        # that is this caller's to remove.
+        # caller had a place in line, that caller's grant took it. _RELEASED: release()
+        # already removed the item. Either way nothing is left here that is this caller's
+        # to remove.
         return int(answer)
 
     async def _pump(self, queue_id: str, line: _Line) -> None:
         """Ask for every waiting item of this process's ``line`` in one script run, until
         the line is empty: every ``poll_interval``, or at once when :meth:`release` frees
         a slot here. Each waiter learns its result through its future."""
-        keys = self._keys(queue_id)[:3]
+        keys = self._keys(queue_id)[:4]
         try:
             while True:
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -330,16 +365,16 @@ class RedisBackend(QueueBackend):
         renewer = self._renewers.pop((queue_id, item_id), None)
         if renewer is not None:
             renewer.cancel()
-        await self._forget(keys=self._keys(queue_id)[:3], args=[item_id])
+        await self._forget(keys=self._keys(queue_id)[:4], args=[item_id, self._ttl_ms])
         line = self._lines.get(queue_id)
         if line is not None:
             line.wake.set()
 
     async def depth(self, queue_id: str) -> int:
-        return int(await self._count(keys=self._keys(queue_id)[:3], args=[0]))
+        return int(await self._count(keys=self._keys(queue_id)[:4], args=[0]))
 
     async def active(self, queue_id: str) -> int:
-        return int(await self._count(keys=self._keys(queue_id)[:3], args=[1]))
+        return int(await self._count(keys=self._keys(queue_id)[:4], args=[1]))
 
     async def close(self) -> None:
         pumps = []
@@ -385,9 +420,9 @@ class _Line:
     __slots__ = ("pump", "waiters", "wake")
 
     def __init__(self) -> None:
-        # Each waiter's future (set to the script's answer for its item: 1 admitted, -1
-        # no longer in line, _HELD another caller holds its slot) -> (item id,
-        # max_concurrent).
+        # Each waiter's future (set to the script's answer for its item: 1 admitted,
+        # _RELEASED taken out of line by release(), -1 no longer in line otherwise, _HELD
+        # another caller holds its slot) -> (item id, max_concurrent).
         self.waiters: dict[asyncio.Future[int], tuple[str, int]] = {}
         self.pump: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
