@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -25,6 +25,31 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[QueueBackend]
     redis_backend = RedisBackend(url, key_prefix=prefix, lease_ttl=3.0, poll_interval=0.02)
     yield redis_backend
     await redis_backend.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_backend(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[Callable[[float], QueueBackend]]:
+    """Makes backends with a given lease_ttl (small, so expiry tests sleep little)."""
+    made: list[QueueBackend] = []
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        prefix = request.getfixturevalue("redis_prefix")
+
+    def make(lease_ttl: float) -> QueueBackend:
+        backend: QueueBackend
+        if request.param == "memory":
+            backend = InMemoryBackend(lease_ttl=lease_ttl)
+        else:
+            backend = RedisBackend(url, key_prefix=prefix, lease_ttl=lease_ttl,
+                                   poll_interval=lease_ttl / 10)
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        await backend.close()
 
 
 async def _until(predicate_coro, timeout: float = WAIT) -> None:  # type: ignore[no-untyped-def]
@@ -231,6 +256,52 @@ async def test_a_wait_started_after_its_place_was_released_waits_normally(
     await backend.release("q", "late")
 
 
+async def test_an_enqueued_place_nobody_waits_for_lapses(
+    make_backend: Callable[[float], QueueBackend],
+) -> None:
+    """A place taken with enqueue() by a caller that then crashed or gave up, never
+    waiting for it, lapses after lease_ttl instead of blocking the line behind it for good
+    (in memory it never lapsed)."""
+    backend = make_backend(0.5)
+    await asyncio.wait_for(backend.wait_and_acquire("q", "holder", 1, WAIT), WAIT)
+    await backend.enqueue("q", "ghost")
+    assert await backend.depth("q") == 1
+    nxt = asyncio.create_task(backend.wait_and_acquire("q", "next", 1, WAIT))
+    await backend.release("q", "holder")
+    await asyncio.wait_for(nxt, WAIT)  # once the ghost ahead of it lapsed
+    assert (await backend.active("q"), await backend.depth("q")) == (1, 0)
+    await backend.release("q", "next")
+
+
+async def test_enqueueing_again_renews_the_place(
+    make_backend: Callable[[float], QueueBackend],
+) -> None:
+    backend = make_backend(0.6)
+    await backend.enqueue("q", "a")
+    await asyncio.sleep(0.4)
+    await backend.enqueue("q", "a")
+    await asyncio.sleep(0.4)  # past the first enqueue's lease_ttl
+    assert await backend.depth("q") == 1
+    await _until(lambda: _depth_is(backend, "q", 0))
+
+
+async def test_a_waiting_caller_keeps_its_place_past_the_lease(
+    make_backend: Callable[[float], QueueBackend],
+) -> None:
+    """Once its caller waits, an enqueued place no longer lapses, however long the wait."""
+    backend = make_backend(0.2)
+    await asyncio.wait_for(backend.wait_and_acquire("q", "holder", 1, WAIT), WAIT)
+    await backend.enqueue("q", "early")
+    early = asyncio.create_task(backend.wait_and_acquire("q", "early", 1, WAIT))
+    await asyncio.sleep(0.6)
+    await backend.enqueue("q", "late")
+    assert await backend.depth("q") == 2
+    await backend.release("q", "holder")
+    await asyncio.wait_for(early, WAIT)
+    await backend.release("q", "early")
+    await backend.release("q", "late")
+
+
 async def test_slot_is_single_use(backend: QueueBackend) -> None:
     slot = Queue(backend).slot("once")
     async with slot:
@@ -267,6 +338,8 @@ def test_invalid_arguments() -> None:
         queue.semaphore("x", timeout=-1)
     with pytest.raises(ValueError):
         RedisBackend(lease_ttl=1.0, poll_interval=0.5, client=_NoRedis())
+    with pytest.raises(ValueError):
+        InMemoryBackend(lease_ttl=0)
 
 
 class _NoRedis:

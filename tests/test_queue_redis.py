@@ -14,7 +14,7 @@ import redis.asyncio
 import redis.exceptions
 
 from genesis.exceptions import GenesisError
-from genesis.queue import Queue, QueueReleasedError, RedisBackend
+from genesis.queue import QueueReleasedError, RedisBackend
 from tests.redis_server import kill, run_workers, spawn_python
 
 WAIT = 10.0
@@ -133,18 +133,6 @@ async def test_killed_waiter_does_not_block_the_line(
         await backend.release("q", "next")
     finally:
         await kill(ghost)
-
-
-async def test_live_waiter_keeps_its_place_past_the_ttl(backend: RedisBackend) -> None:
-    queue = Queue(backend)
-    async with queue.slot("q"):
-        early = asyncio.create_task(backend.wait_and_acquire("q", "early", 1, WAIT))
-        await asyncio.sleep(1.5)  # longer than lease_ttl: heartbeats keep "early" in line
-        await backend.enqueue("q", "late")
-        assert await backend.depth("q") == 2
-    await asyncio.wait_for(early, WAIT)
-    await backend.release("q", "early")
-    await backend.release("q", "late")
 
 
 async def test_release_from_another_process_ends_the_wait(backend: RedisBackend) -> None:

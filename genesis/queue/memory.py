@@ -12,13 +12,16 @@ from genesis.queue.base import QueueBackend, QueueReleasedError, already_holds, 
 
 
 class _Waiter:
-    __slots__ = ("future", "max_concurrent")
+    __slots__ = ("expiry", "future", "max_concurrent")
 
     def __init__(self) -> None:
         # Set once the item's caller waits; its result is True when the item is admitted,
         # False when release() takes it out of line first.
         self.future: asyncio.Future[bool] | None = None
         self.max_concurrent = 1
+        # Pending while the item only holds a place taken by enqueue(): the place lapses
+        # as an unrenewed heartbeat does in Redis.
+        self.expiry: asyncio.TimerHandle | None = None
 
 
 class _Line:
@@ -26,7 +29,8 @@ class _Line:
 
     def __init__(self) -> None:
         # dict keeps insertion order: the FIFO. A waiter without a future was enqueued
-        # but has not started waiting; it keeps its place and cannot be admitted yet.
+        # but has not started waiting; it keeps its place until its expiry, and cannot
+        # be admitted yet.
         self.waiting: dict[str, _Waiter] = {}
         self.active: set[str] = set()
         # The max_concurrent of every waiter with a future: the largest says how far into
@@ -34,6 +38,9 @@ class _Line:
         self.limits: Counter[int] = Counter()
 
     def start_waiting(self, waiter: _Waiter, future: asyncio.Future[bool], limit: int) -> None:
+        if waiter.expiry is not None:
+            waiter.expiry.cancel()
+            waiter.expiry = None
         waiter.future = future
         waiter.max_concurrent = limit
         self.limits[limit] += 1
@@ -43,6 +50,8 @@ class _Line:
         waiter = self.waiting.pop(item_id, None)
         if waiter is None:
             return None
+        if waiter.expiry is not None:
+            waiter.expiry.cancel()
         if waiter.future is not None:
             self.limits[waiter.max_concurrent] -= 1
             if not self.limits[waiter.max_concurrent]:
@@ -56,21 +65,37 @@ class InMemoryBackend(QueueBackend):
     The rules match :class:`~genesis.queue.RedisBackend`'s, with this process standing
     for every process there:
 
+    - A place taken with :meth:`enqueue` lapses ``lease_ttl`` seconds later (enqueueing
+      the item again restarts that time) unless a wait for the item starts first, so a
+      caller that enqueued and then crashed or gave up does not block the line behind it.
     - A waiting caller keeps its place, and a holder its slot, until it leaves: both live
       in this process, so neither can outlive it.
     - :meth:`release` of a waiting item takes it out of line for good; a wait going on for
       it raises :class:`~genesis.queue.QueueReleasedError` at once.
     """
 
-    __slots__ = ("_lines",)
+    __slots__ = ("_lines", "lease_ttl")
 
-    def __init__(self) -> None:
+    def __init__(self, *, lease_ttl: float = 15.0) -> None:
+        if lease_ttl <= 0:
+            raise ValueError(f"lease_ttl must be positive, got {lease_ttl}")
+        self.lease_ttl = lease_ttl
         self._lines: dict[str, _Line] = {}
 
     async def enqueue(self, queue_id: str, item_id: str) -> None:
         line = self._lines.setdefault(queue_id, _Line())
-        if item_id not in line.waiting and item_id not in line.active:
-            line.waiting[item_id] = _Waiter()
+        if item_id in line.active:
+            return
+        waiter = line.waiting.get(item_id)
+        if waiter is None:
+            waiter = line.waiting[item_id] = _Waiter()
+        elif waiter.future is not None:
+            return
+        if waiter.expiry is not None:
+            waiter.expiry.cancel()
+        waiter.expiry = asyncio.get_running_loop().call_later(
+            self.lease_ttl, self._forget, queue_id, item_id
+        )
 
     async def wait_and_acquire(
         self,
