@@ -55,7 +55,12 @@ class QueueBackend(ABC):
 
     @abstractmethod
     async def enqueue(self, queue_id: str, item_id: str) -> None:
-        """Append ``item_id`` to the waiting line of ``queue_id`` (no-op if already there)."""
+        """Append ``item_id`` to the waiting line of ``queue_id``.
+
+        The place lapses after the backend's ``lease_ttl`` unless a wait for the item
+        starts first: a caller that crashed between the two must not block the line for
+        good. Enqueueing an item already in line keeps its place and restarts that time.
+        """
 
     @abstractmethod
     async def wait_and_acquire(
