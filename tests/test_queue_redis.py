@@ -15,6 +15,7 @@ import redis.exceptions
 
 from genesis.exceptions import GenesisError
 from genesis.queue import QueueReleasedError, RedisBackend
+from tests.compat import timeout
 from tests.redis_server import kill, run_workers, spawn_python
 
 WAIT = 10.0
@@ -144,7 +145,7 @@ async def test_release_from_another_process_ends_the_wait(backend: RedisBackend)
     try:
         await backend.wait_and_acquire("q", "holder", 1, WAIT)
         gone = asyncio.create_task(backend.wait_and_acquire("q", "gone", 1, None))
-        async with asyncio.timeout(WAIT):
+        async with timeout(WAIT):
             while await backend.depth("q") < 1:
                 await asyncio.sleep(0.01)
         await other.release("q", "gone")
@@ -166,12 +167,12 @@ async def test_a_waiter_purged_as_dead_takes_a_place_again(
     try:
         await backend.wait_and_acquire("q", "holder", 1, WAIT)
         stalled = asyncio.create_task(backend.wait_and_acquire("q", "stalled", 1, WAIT))
-        async with asyncio.timeout(WAIT):
+        async with timeout(WAIT):
             while "q" not in backend._lines or not backend._lines["q"].waiters:
                 await asyncio.sleep(0.01)
         await client.zrem(waiting_key, "stalled")
         await client.zrem(beats_key, "stalled")
-        async with asyncio.timeout(WAIT):
+        async with timeout(WAIT):
             while await backend.depth("q") < 1:
                 await asyncio.sleep(0.01)
         assert not stalled.done()
@@ -222,7 +223,7 @@ async def test_slot_freed_here_wakes_the_next_waiter_at_once(backend: RedisBacke
     try:
         await slow.wait_and_acquire("q", "holder", 1, WAIT)
         nxt = asyncio.create_task(slow.wait_and_acquire("q", "next", 1, WAIT))
-        async with asyncio.timeout(WAIT):
+        async with timeout(WAIT):
             while await slow.depth("q") < 1:
                 await asyncio.sleep(0.01)
         started = time.monotonic()
@@ -239,7 +240,7 @@ async def test_close_fails_waiting_callers(backend: RedisBackend) -> None:
                          poll_interval=0.05)
     await backend.wait_and_acquire("q", "holder", 1, WAIT)
     waiting = asyncio.create_task(other.wait_and_acquire("q", "w", 1, None))
-    async with asyncio.timeout(WAIT):
+    async with timeout(WAIT):
         while await backend.depth("q") < 1:
             await asyncio.sleep(0.01)
     await other.close()
@@ -265,7 +266,7 @@ async def test_one_item_id_in_two_processes_gets_one_slot(
         await backend.wait_and_acquire("q", "holder", 1, WAIT)
         twins = [asyncio.create_task(b.wait_and_acquire("q", "x", 1, WAIT))
                  for b in (backend, other)]
-        async with asyncio.timeout(WAIT):
+        async with timeout(WAIT):
             while await backend.depth("q") < 1:
                 await asyncio.sleep(0.01)
         await backend.release("q", "holder")
@@ -313,7 +314,7 @@ async def test_waiter_cancelled_as_the_pump_grants_its_slot_ends_cancelled(
     3.11 returned the grant and dropped the cancel: the task went on, holding the slot.)"""
     await backend.wait_and_acquire("q", "holder", 1, WAIT)
     task = asyncio.create_task(backend.wait_and_acquire("q", "w", 1, WAIT))
-    async with asyncio.timeout(WAIT):
+    async with timeout(WAIT):
         while "q" not in backend._lines or not backend._lines["q"].waiters:
             await asyncio.sleep(0.01)
     ask = backend._acquire_many
