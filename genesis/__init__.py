@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "QueueSemaphore": "genesis.queue",
     "QueueSlot": "genesis.queue",
     "QueueTimeoutError": "genesis.exceptions",
+    "QueueReleasedError": "genesis.exceptions",
     "InMemoryBackend": "genesis.queue",
     "RedisBackend": "genesis.queue",
     "use_uvloop": "genesis.loop",
@@ -45,6 +46,7 @@ __all__ = [
     "Outbound",
     "Queue",
     "QueueBackend",
+    "QueueReleasedError",
     "QueueSemaphore",
     "QueueSlot",
     "QueueTimeoutError",
@@ -83,7 +85,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from genesis.channel import Channel
     from genesis.consumer import Consumer, filtrate
-    from genesis.exceptions import QueueTimeoutError
+    from genesis.exceptions import QueueReleasedError, QueueTimeoutError
     from genesis.group import InMemoryLoadBalancer, RedisLoadBalancer, RingGroup, RingMode
     from genesis.inbound import Inbound
     from genesis.loop import use_uvloop

@@ -109,3 +109,13 @@ else:
 
 class QueueTimeoutError(TimeoutError):
     """No queue slot became free within the timeout."""
+
+
+class QueueReleasedError(GenesisError):
+    """:meth:`genesis.queue.QueueBackend.release` took an item out of line while its
+    caller waited.
+
+    A dialer releases a queued call whose caller hung up, possibly from another task or
+    (with Redis) another process; the wait for it ends with this error instead of going
+    on for an item no longer in line, or taking a slot nobody wants any more.
+    """

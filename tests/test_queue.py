@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 import genesis
-from genesis.exceptions import QueueTimeoutError
+from genesis.exceptions import GenesisError, QueueTimeoutError
 from genesis.queue import InMemoryBackend, Queue, QueueBackend, QueueReleasedError, RedisBackend
+from tests import compat
 
 WAIT = 5.0  # bound for every await that would hang on a bug
 
@@ -53,7 +54,7 @@ async def make_backend(
 
 
 async def _until(predicate_coro, timeout: float = WAIT) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout):
+    async with compat.timeout(timeout):
         while not await predicate_coro():
             await asyncio.sleep(0.005)
 
@@ -62,6 +63,9 @@ def test_public_names() -> None:
     assert genesis.Queue is Queue  # type: ignore[attr-defined]
     assert genesis.RedisBackend is RedisBackend  # type: ignore[attr-defined]
     assert genesis.QueueTimeoutError is QueueTimeoutError  # type: ignore[attr-defined]
+    # A GenesisError like every other, importable where its backends are too.
+    assert genesis.QueueReleasedError is QueueReleasedError  # type: ignore[attr-defined]
+    assert issubclass(QueueReleasedError, GenesisError)
 
 
 async def test_fifo_order(backend: QueueBackend) -> None:

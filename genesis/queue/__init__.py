@@ -9,14 +9,8 @@ processes share one queue; the ``redis`` package is imported only when a
 
 from __future__ import annotations
 
-from genesis.exceptions import QueueTimeoutError
-from genesis.queue.base import (
-    Queue,
-    QueueBackend,
-    QueueReleasedError,
-    QueueSemaphore,
-    QueueSlot,
-)
+from genesis.exceptions import QueueReleasedError, QueueTimeoutError
+from genesis.queue.base import Queue, QueueBackend, QueueSemaphore, QueueSlot
 from genesis.queue.memory import InMemoryBackend
 from genesis.queue.redis_backend import RedisBackend
 

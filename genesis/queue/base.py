@@ -16,17 +16,6 @@ import uuid
 from abc import ABC, abstractmethod
 from types import TracebackType
 
-from genesis.exceptions import GenesisError
-
-
-class QueueReleasedError(GenesisError):
-    """:meth:`QueueBackend.release` took an item out of line while its caller waited.
-
-    A dialer releases a queued call whose caller hung up, possibly from another task or
-    (with Redis) another process; the wait for it ends with this error instead of going
-    on for an item no longer in line, or taking a slot nobody wants any more.
-    """
-
 
 def _check_limits(max_concurrent: int, timeout: float | None) -> None:
     if max_concurrent < 1:

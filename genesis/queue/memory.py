@@ -7,8 +7,8 @@ import asyncio
 from collections import Counter
 from itertools import islice
 
-from genesis.exceptions import QueueTimeoutError
-from genesis.queue.base import QueueBackend, QueueReleasedError, already_holds, already_waiting
+from genesis.exceptions import QueueReleasedError, QueueTimeoutError
+from genesis.queue.base import QueueBackend, already_holds, already_waiting
 
 
 class _Waiter:

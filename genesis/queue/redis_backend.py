@@ -30,8 +30,8 @@ import time
 from typing import Any
 
 from genesis._redis import connect
-from genesis.exceptions import GenesisError, QueueTimeoutError
-from genesis.queue.base import QueueBackend, QueueReleasedError, already_holds, already_waiting
+from genesis.exceptions import GenesisError, QueueReleasedError, QueueTimeoutError
+from genesis.queue.base import QueueBackend, already_holds, already_waiting
 
 logger = logging.getLogger(__name__)
 
