@@ -70,9 +70,8 @@ async def test_uuid_bridge_states_are_waited_for_not_passed(
     assert await a.wait(ChannelState.ROUTING, timeout=WAIT) is None
     assert await b.wait(ChannelState.INIT, timeout=WAIT) is None
 
-    # uuid_park puts a leg in CS_PARK (switch_ivr_park_session); the simulator's uuid_park
-    # only runs the park loop, so the state is set as FreeSWITCH sets it.
-    freeswitch.channels[a.uuid].set_state("CS_PARK")
+    # uuid_park puts a leg in CS_PARK (switch_ivr_park_session).
+    assert (await client.api(f"uuid_park {a.uuid}")).startswith("+OK")
     assert _state_of(await asyncio.wait_for(parked, WAIT)) == "CS_PARK"
     assert await a.wait(ChannelState.PARK, timeout=WAIT) is None  # there now
 

@@ -267,6 +267,9 @@ async def _uuid_park(sim: FreeSwitchSimulator, args: str) -> str:
     async def park() -> None:
         await channel.park()
 
+    # switch_ivr_park_session sets CS_PARK at once; the state machine's park handler then
+    # runs the park loop (CHANNEL_PARK). The park application parks in CS_EXECUTE instead.
+    channel.set_state("CS_PARK")
     channel.take_over(park)
     return "+OK\n"
 
