@@ -13,6 +13,7 @@ import pytest
 import genesis
 from genesis.group import InMemoryLoadBalancer, LoadBalancerBackend, RedisLoadBalancer
 from tests.compat import timeout
+from tests.polling import until
 from tests.redis_server import kill, run_workers, spawn_python
 
 WAIT = 10.0
@@ -253,9 +254,7 @@ async def test_release_failing_after_its_caller_left_is_logged(
         def logged() -> list[logging.LogRecord]:
             return [r for r in caplog.records if r.name == "genesis.group" and r.exc_info]
 
-        async with timeout(WAIT):  # nobody awaits the release any more
-            while not logged():
-                await asyncio.sleep(0.01)
+        await until(logged, WAIT)  # nobody awaits the release any more
         [record] = logged()
         assert record.levelno == logging.ERROR
         assert "load balancer" in record.getMessage() and "gw" in record.getMessage()

@@ -15,7 +15,7 @@ import redis.exceptions
 
 from genesis.exceptions import GenesisError
 from genesis.queue import QueueReleasedError, RedisBackend
-from tests.compat import timeout
+from tests.polling import until
 from tests.redis_server import kill, run_workers, spawn_python
 
 WAIT = 10.0
@@ -64,6 +64,16 @@ async def main(url, prefix, item, mode):
 
 asyncio.run(main(*sys.argv[1:5]))
 """
+
+
+async def _has_waiter(backend: RedisBackend) -> bool:
+    """Someone waits in line "q" (in any process)."""
+    return await backend.depth("q") >= 1
+
+
+def _waits_here(backend: RedisBackend) -> bool:
+    """A wait in line "q" runs in this process, ``backend``'s."""
+    return "q" in backend._lines and bool(backend._lines["q"].waiters)
 
 
 @pytest.fixture
@@ -145,9 +155,7 @@ async def test_release_from_another_process_ends_the_wait(backend: RedisBackend)
     try:
         await backend.wait_and_acquire("q", "holder", 1, WAIT)
         gone = asyncio.create_task(backend.wait_and_acquire("q", "gone", 1, None))
-        async with timeout(WAIT):
-            while await backend.depth("q") < 1:
-                await asyncio.sleep(0.01)
+        await until(lambda: _has_waiter(backend), WAIT)
         await other.release("q", "gone")
         with pytest.raises(QueueReleasedError):
             await asyncio.wait_for(gone, WAIT)
@@ -167,14 +175,10 @@ async def test_a_waiter_purged_as_dead_takes_a_place_again(
     try:
         await backend.wait_and_acquire("q", "holder", 1, WAIT)
         stalled = asyncio.create_task(backend.wait_and_acquire("q", "stalled", 1, WAIT))
-        async with timeout(WAIT):
-            while "q" not in backend._lines or not backend._lines["q"].waiters:
-                await asyncio.sleep(0.01)
+        await until(lambda: _waits_here(backend), WAIT)
         await client.zrem(waiting_key, "stalled")
         await client.zrem(beats_key, "stalled")
-        async with timeout(WAIT):
-            while await backend.depth("q") < 1:
-                await asyncio.sleep(0.01)
+        await until(lambda: _has_waiter(backend), WAIT)
         assert not stalled.done()
         await backend.release("q", "holder")
         await asyncio.wait_for(stalled, WAIT)
@@ -223,9 +227,7 @@ async def test_slot_freed_here_wakes_the_next_waiter_at_once(backend: RedisBacke
     try:
         await slow.wait_and_acquire("q", "holder", 1, WAIT)
         nxt = asyncio.create_task(slow.wait_and_acquire("q", "next", 1, WAIT))
-        async with timeout(WAIT):
-            while await slow.depth("q") < 1:
-                await asyncio.sleep(0.01)
+        await until(lambda: _has_waiter(slow), WAIT)
         started = time.monotonic()
         await slow.release("q", "holder")
         await asyncio.wait_for(nxt, WAIT)
@@ -240,9 +242,7 @@ async def test_close_fails_waiting_callers(backend: RedisBackend) -> None:
                          poll_interval=0.05)
     await backend.wait_and_acquire("q", "holder", 1, WAIT)
     waiting = asyncio.create_task(other.wait_and_acquire("q", "w", 1, None))
-    async with timeout(WAIT):
-        while await backend.depth("q") < 1:
-            await asyncio.sleep(0.01)
+    await until(lambda: _has_waiter(backend), WAIT)
     await other.close()
     with pytest.raises(GenesisError):
         await asyncio.wait_for(waiting, WAIT)
@@ -266,9 +266,7 @@ async def test_one_item_id_in_two_processes_gets_one_slot(
         await backend.wait_and_acquire("q", "holder", 1, WAIT)
         twins = [asyncio.create_task(b.wait_and_acquire("q", "x", 1, WAIT))
                  for b in (backend, other)]
-        async with timeout(WAIT):
-            while await backend.depth("q") < 1:
-                await asyncio.sleep(0.01)
+        await until(lambda: _has_waiter(backend), WAIT)
         await backend.release("q", "holder")
         done = await asyncio.wait_for(asyncio.gather(*twins, return_exceptions=True), WAIT)
         assert sorted(type(result).__name__ for result in done) == ["NoneType", "ValueError"]
@@ -314,9 +312,7 @@ async def test_waiter_cancelled_as_the_pump_grants_its_slot_ends_cancelled(
     3.11 returned the grant and dropped the cancel: the task went on, holding the slot.)"""
     await backend.wait_and_acquire("q", "holder", 1, WAIT)
     task = asyncio.create_task(backend.wait_and_acquire("q", "w", 1, WAIT))
-    async with timeout(WAIT):
-        while "q" not in backend._lines or not backend._lines["q"].waiters:
-            await asyncio.sleep(0.01)
+    await until(lambda: _waits_here(backend), WAIT)
     ask = backend._acquire_many
 
     async def ask_then_cancel(**kwargs: Any) -> Any:

@@ -19,6 +19,7 @@ from genesis.testing import FreeSwitchSimulator
 from genesis.testing.channels import Channel as SimChannel
 from genesis.types import ChannelState
 from tests.compat import timeout
+from tests.polling import until
 
 WAIT = 10.0
 
@@ -299,9 +300,7 @@ async def test_failed_decrement_is_logged_naming_the_leg_and_destination(
     def logged() -> list[logging.LogRecord]:
         return [r for r in caplog.records if r.name == "genesis.group" and r.exc_info]
 
-    async with timeout(WAIT):  # the decrement runs in the background
-        while not logged():
-            await asyncio.sleep(0.01)
+    await until(logged, WAIT)  # the decrement runs in the background
     [record] = logged()
     assert record.levelno == logging.ERROR
     message = record.getMessage()
