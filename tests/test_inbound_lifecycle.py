@@ -209,3 +209,28 @@ async def test_a_stop_cancelled_while_closing_on_a_peer_that_does_not_read_abort
     await server.wait_for(lambda: client.writer is None, timeout=2)
     assert worker_cancelled.is_set()
     await asyncio.wait_for(client.wait_closed(), 2)
+
+
+async def test_a_stop_cancelled_as_its_close_completes_still_raises_cancelled_error(
+    server: ESLServer,
+) -> None:
+    # The cancel lands at each of stop()'s suspensions in turn, those where the socket has
+    # just closed included: it must always propagate. (asyncio.wait_for before 3.12 returns
+    # the result instead when the awaited future is done by the time the cancel is seen.)
+    cancels = 0
+    for turns in range(100):
+        client = Inbound("127.0.0.1", server.port, "ClueCon", timeout=2)
+        await asyncio.wait_for(client.start(), 2)
+        stopping = asyncio.ensure_future(client.stop())
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        if not stopping.cancel():
+            break
+        cancels += 1
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(stopping, 2)
+        await asyncio.wait_for(client.stop(), 2)  # cancelled before it ran, it did nothing
+    else:
+        pytest.fail("stop() never returned")
+    await stopping
+    assert cancels > 1 and client.writer is None

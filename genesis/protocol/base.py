@@ -16,7 +16,6 @@ accepted with stage ACCEPTED, blocking ``sendmsg`` calls with the class's "gone"
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -81,8 +80,9 @@ async def close_transport(transport: asyncio.Transport, lost: asyncio.Future[Any
     """
     transport.close()
     try:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(lost), 1.0)
+        # asyncio.wait, not wait_for: before 3.12, a wait_for cancelled once ``lost`` is
+        # done returns its result instead of raising, and the cancel would be lost.
+        await asyncio.wait((lost,), timeout=1.0)
     finally:
         if not lost.done():
             transport.abort()
