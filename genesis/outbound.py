@@ -361,19 +361,29 @@ class Outbound:
         its cancellation (its handler swallowed it) has its connection aborted and is left
         to end on its own, so stop() always returns.
         """
+        # What this stop() ends is taken now: the server and the start() it was called
+        # against, not whatever start() follows by the time the stop is done (a stop that
+        # ends late must not end a server started again after another stop).
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        stopped = self._stopped
         # The work runs in its own task: a caller that the stop cancels on the way (an
         # async event handler of a session it ends: the session's workers close with it)
         # must not leave it half done, with sessions running and start() still blocked.
         stopping = asyncio.get_running_loop().create_task(
-            self._stop(timeout, asyncio.current_task()))
+            self._stop(timeout, asyncio.current_task(), server, stopped))
         self._stopping.add(stopping)
         stopping.add_done_callback(self._stopping.discard)
         await asyncio.shield(stopping)
 
-    async def _stop(self, timeout: float, caller: asyncio.Task[Any] | None) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
+    async def _stop(
+        self,
+        timeout: float,
+        caller: asyncio.Task[Any] | None,
+        server: asyncio.Server | None,
+        stopped: asyncio.Future[None] | None,
+    ) -> None:
         # Waiting for the caller's own session would be waiting for itself.
         tasks = {task: session for session, task in self.sessions.items() if task is not caller}
         if tasks and timeout > 0:
@@ -392,8 +402,8 @@ class Outbound:
         # From 3.12 on wait_closed() waits for every connection, the caller's included.
         if server is not None and caller not in self.sessions.values():
             await server.wait_closed()
-        if self._stopped is not None:
-            _settle(self._stopped)
+        if stopped is not None:
+            _settle(stopped)
 
 
 def _settle(stopped: asyncio.Future[None]) -> None:

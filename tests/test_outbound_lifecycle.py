@@ -449,3 +449,39 @@ async def test_a_refused_connect_is_a_handshake_failure_and_the_handler_never_ru
     assert failures[0].exc_info is not None
     assert "connect refused: -ERR no channel" in str(failures[0].exc_info[1])
     assert ran == []
+
+
+async def test_an_earlier_stop_that_ends_late_leaves_a_restarted_server_alone() -> None:
+    # A graceful stop() still waits for a slow session when a forcing stop(timeout=0) has
+    # returned and the server has been started again: the first stop's end must not end the
+    # new start() (which would return with its server still listening).
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(session: Session) -> None:
+        if started.is_set():
+            return
+        started.set()
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            await release.wait()  # slow to honour its cancellation
+
+    server = Outbound(handler, "127.0.0.1", 0)
+    await server.start(block=False)
+    await call(server.addresses[0][1])
+    await asyncio.wait_for(started.wait(), 5)
+    graceful = asyncio.ensure_future(server.stop(timeout=30))
+    await asyncio.sleep(0)
+    await asyncio.wait_for(server.stop(timeout=0), CANCEL_GRACE + 5)
+    runner, port = await listening(server)
+    try:
+        release.set()
+        await asyncio.wait_for(graceful, 5)
+        for _ in range(20):  # what the earlier stop settled reaches start() in a few turns
+            await asyncio.sleep(0)
+        assert not runner.done(), "start() of the new server returned: an older stop() ended it"
+        assert server.addresses == [("127.0.0.1", port)]
+    finally:
+        await server.stop()
+        await asyncio.wait_for(runner, 5)
+    assert await refused(port)
