@@ -319,10 +319,14 @@ class Outbound:
         except (Exception, asyncio.CancelledError) as exc:
             # A CancelledError the handler raised itself (from a task it awaited that was
             # cancelled, say) fails it like any other error; only the session's own
-            # cancellation (stop(), the loop shutting down) ends it quietly.
-            if isinstance(exc, asyncio.CancelledError) and self._cancel_requested():
+            # cancellation (stop(), the loop shutting down) ends it quietly. Either way it
+            # propagates: on 3.10 a cancel of the task from elsewhere looks like the
+            # handler's own, and must not be swallowed.
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            if not (cancelled and self._cancel_requested()):
+                logger.exception("outbound handler failed for session %s", session.uuid)
+            if cancelled:
                 raise
-            logger.exception("outbound handler failed for session %s", session.uuid)
         finally:
             await session.close()
 

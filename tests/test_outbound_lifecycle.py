@@ -485,3 +485,27 @@ async def test_an_earlier_stop_that_ends_late_leaves_a_restarted_server_alone() 
         await server.stop()
         await asyncio.wait_for(runner, 5)
     assert await refused(port)
+
+
+async def test_a_session_task_cancelled_from_outside_ends_cancelled() -> None:
+    # Not through stop(): the cancel must still reach whoever awaits the session's task. On
+    # 3.10, which cannot tell it from a CancelledError the handler raised itself, it was
+    # logged as the handler's failure and swallowed (the task returned normally).
+    started = asyncio.Event()
+
+    async def handler(session: Session) -> None:
+        started.set()
+        await asyncio.get_running_loop().create_future()
+
+    server = Outbound(handler, "127.0.0.1", 0)
+    await server.start(block=False)
+    try:
+        fake = await call(server.addresses[0][1])
+        await asyncio.wait_for(started.wait(), 5)
+        [task] = server.sessions.values()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+        await asyncio.wait_for(fake.closed, 5)
+    finally:
+        await server.stop()
