@@ -245,6 +245,45 @@ async def test_release_of_a_waiting_item_ends_its_wait(backend: QueueBackend) ->
     await backend.release("q", "next")
 
 
+async def test_a_released_wait_frees_its_item_id_for_a_new_wait_at_once(
+    backend: QueueBackend,
+) -> None:
+    """Right after release() of a waiting item returns, a new wait with the same item id
+    takes a new place, and the released wait still ends released. (Redis refused the new
+    wait as a second caller until the released wait's next poll.)"""
+    await asyncio.wait_for(backend.wait_and_acquire("q", "holder", 1, WAIT), WAIT)
+    gone = asyncio.create_task(backend.wait_and_acquire("q", "x", 1, None))
+    await _until(lambda: _depth_is(backend, "q", 1))
+    await backend.release("q", "x")
+    again = asyncio.create_task(backend.wait_and_acquire("q", "x", 1, WAIT))
+    with pytest.raises(QueueReleasedError):
+        await asyncio.wait_for(gone, WAIT)
+    await _until(lambda: _depth_is(backend, "q", 1))
+    await backend.release("q", "holder")
+    await asyncio.wait_for(again, WAIT)
+    assert (await backend.active("q"), await backend.depth("q")) == (1, 0)
+    await backend.release("q", "x")
+
+
+async def test_a_place_taken_again_after_a_release_does_not_revive_the_released_wait(
+    backend: QueueBackend,
+) -> None:
+    """enqueue() of an item right after release() took its waiting caller out of line
+    takes a new place: the released wait still ends released. (Redis took that place for
+    the released wait's, which went on waiting and would have taken the slot.)"""
+    await asyncio.wait_for(backend.wait_and_acquire("q", "holder", 1, WAIT), WAIT)
+    gone = asyncio.create_task(backend.wait_and_acquire("q", "x", 1, None))
+    await _until(lambda: _depth_is(backend, "q", 1))
+    await backend.release("q", "x")
+    await backend.enqueue("q", "x")
+    with pytest.raises(QueueReleasedError):
+        await asyncio.wait_for(gone, WAIT)
+    assert (await backend.active("q"), await backend.depth("q")) == (1, 1)
+    await backend.release("q", "x")
+    await backend.release("q", "holder")
+    assert (await backend.active("q"), await backend.depth("q")) == (0, 0)
+
+
 async def test_a_wait_started_after_its_place_was_released_waits_normally(
     backend: QueueBackend,
 ) -> None:

@@ -165,6 +165,49 @@ async def test_release_from_another_process_ends_the_wait(backend: RedisBackend)
         await other.close()
 
 
+@pytest.mark.parametrize("again_by", ["wait", "enqueue"])
+async def test_a_place_its_item_takes_again_does_not_revive_a_released_wait(
+    backend: RedisBackend, again_by: str,
+) -> None:
+    """A wait is known by its place, not by its item id alone: the same id taking a place
+    again (a new wait, or enqueue()) in another process before the released wait's process
+    polled leaves the released wait released. (It took the new place for its own and went
+    on waiting: two callers in one place, or a slot for a caller that was released.)"""
+    other = RedisBackend(backend.url, key_prefix=backend.key_prefix, lease_ttl=1.0,
+                         poll_interval=0.02)
+    try:
+        await backend.wait_and_acquire("q", "holder", 1, WAIT)
+        gone = asyncio.create_task(backend.wait_and_acquire("q", "x", 1, None))
+        await until(lambda: _waits_here(backend), WAIT)
+        polls = backend._acquire_many
+        held_back = asyncio.Event()
+
+        async def late_poll(**kwargs: Any) -> Any:
+            await held_back.wait()  # this process polls only once the new place is taken
+            return await polls(**kwargs)
+
+        backend._acquire_many = late_poll
+        await other.release("q", "x")
+        again = None
+        if again_by == "wait":
+            again = asyncio.create_task(other.wait_and_acquire("q", "x", 1, WAIT))
+            await until(lambda: _has_waiter(backend), WAIT)
+        else:
+            await other.enqueue("q", "x")
+        held_back.set()
+        with pytest.raises(QueueReleasedError):
+            await asyncio.wait_for(gone, WAIT)
+        assert (await backend.active("q"), await backend.depth("q")) == (1, 1)
+        await backend.release("q", "holder")
+        if again is not None:
+            await asyncio.wait_for(again, WAIT)
+            assert (await backend.active("q"), await backend.depth("q")) == (1, 0)
+        await other.release("q", "x")
+        assert (await backend.active("q"), await backend.depth("q")) == (0, 0)
+    finally:
+        await other.close()
+
+
 async def test_a_waiter_purged_as_dead_takes_a_place_again(
     backend: RedisBackend, redis_url: str,
 ) -> None:
@@ -282,6 +325,12 @@ async def test_one_item_id_in_two_processes_gets_one_slot(
         await other.close()
 
 
+async def _place(client: redis.asyncio.Redis, waiting_key: str, item: str) -> Any:
+    """An item's place in line as the scripts see it: its score's text."""
+    return await client.eval("return redis.call('ZSCORE', KEYS[1], ARGV[1])", 1,
+                             waiting_key, item)
+
+
 async def test_both_scripts_refuse_an_item_that_holds_a_slot(
     backend: RedisBackend, redis_url: str,
 ) -> None:
@@ -291,13 +340,16 @@ async def test_both_scripts_refuse_an_item_that_holds_a_slot(
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
         await backend.enqueue("q", "same")
-        assert await backend._acquire_many(keys=keys[:4], args=[60_000, "same", 1]) == [1]
+        place = await _place(client, keys[0], "same")
+        assert await backend._acquire_many(keys=keys[:4], args=[60_000, "same", 1, place]) \
+            == [1]
         soon = time.time() * 1000 + 2000
         await client.zadd(keys[2], {"same": soon})
         await backend.enqueue("q", "next")
-        assert await backend._acquire_many(keys=keys[:4], args=[60_000, "same", 1, "next", 1]) \
-            == [-2, 0]
-        assert await backend._acquire(keys=keys, args=["same", 1, 60_000]) == -2
+        nxt = await _place(client, keys[0], "next")
+        assert await backend._acquire_many(
+            keys=keys[:4], args=[60_000, "same", 1, place, "next", 1, nxt]) == [-2, 0]
+        assert (await backend._acquire(keys=keys, args=["same", 1, 60_000]))[0] == -2
         assert await client.zscore(keys[2], "same") == soon
         assert (await backend.active("q"), await backend.depth("q")) == (1, 1)
     finally:

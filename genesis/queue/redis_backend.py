@@ -3,14 +3,16 @@
 Layout per queue (``<prefix><queue_id>:…``): ``waiting`` is a sorted set scored by an
 arrival counter (``seq``), so its rank is the FIFO position; ``beats`` scores each waiter
 with the time its heartbeat expires; ``active`` scores each holder with the time its
-lease expires; ``released`` scores each item :meth:`RedisBackend.release` took out of
-line with the time that news expires, so its wait, in whichever process, can tell being
-released from being purged as dead. Every decision runs inside one Lua script using
-Redis's own clock, so processes never race each other and their clocks never need to
-agree. A process that dies stops renewing: its waiters and slots expire after
-``lease_ttl`` seconds and the next script run reclaims them. This fixes the release this
-project replaces, whose backend had no ``depth()``, deadlocked and never removed a
-cancelled waiter.
+lease expires; ``released`` holds the place (its ``seq`` score) of each item
+:meth:`RedisBackend.release` took out of line, scored with the time that news expires, so
+its wait, in whichever process, can tell being released from being purged as dead. A wait
+knows its item by that place, not by the item id alone: a place the same id takes later
+(a new wait, or :meth:`RedisBackend.enqueue`) is not the released wait's. Every decision
+runs inside one Lua script using Redis's own clock, so processes never race each other
+and their clocks never need to agree. A process that dies stops renewing: its waiters
+and slots expire after ``lease_ttl`` seconds and the next script run reclaims them. This
+fixes the release this project replaces, whose backend had no ``depth()``, deadlocked and
+never removed a cancelled waiter.
 
 A waiter first asks for its slot on its own (which also takes its place in line). If it
 must wait, it joins its process's local line for that queue, and one task per process and
@@ -92,31 +94,33 @@ return 1
 )
 
 # KEYS: waiting, beats, active, released, seq. ARGV: item, max_concurrent, ttl_ms.
-# Returns 1 when the item now holds a slot, 0 when it must keep waiting, _HELD when
-# another caller holds the item's slot. A wait asks this first, so news of an earlier
-# release of its item is stale and dropped.
+# Returns {answer, place}: answer 1 when the item now holds a slot, 0 when it must keep
+# waiting (place: the score of its place in line, which the pump passes back), _HELD when
+# another caller holds the item's slot.
 _ACQUIRE = (
     _NOW
     + _PURGE
     + _GRANT
     + """
 local ttl = tonumber(ARGV[3])
-if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return HELD end
-redis.call('ZREM', KEYS[4], ARGV[1])
+if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return {HELD, ''} end
 local rank = redis.call('ZRANK', KEYS[1], ARGV[1])
 if not rank then
   redis.call('ZADD', KEYS[1], redis.call('INCR', KEYS[5]), ARGV[1])
   rank = redis.call('ZRANK', KEYS[1], ARGV[1])
 end
-return grant(ARGV[1], rank, 0, tonumber(ARGV[2]), ttl)
+local place = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if grant(ARGV[1], rank, 0, tonumber(ARGV[2]), ttl) == 1 then return {1, ''} end
+return {0, place}
 """
 )
 
-# KEYS: waiting, beats, active, released. ARGV: ttl_ms, then item and max_concurrent pairs.
-# One result per pair: 1 the item holds a slot, 0 it keeps waiting (heartbeat renewed),
-# _RELEASED release() took it out of line, -1 it is not in line any more otherwise (it
-# gave up, or was purged as dead), _HELD another caller holds its slot. Items are judged
-# in line order, each against the slots left by those granted before it.
+# KEYS: waiting, beats, active, released. ARGV: ttl_ms, then item, max_concurrent and
+# place triples (place: the one _ACQUIRE answered). One result per triple: 1 the item
+# holds a slot, 0 it keeps waiting (heartbeat renewed), _RELEASED release() took that
+# place out of line (whether or not the item id has taken another place since), -1 the
+# place is gone otherwise (purged as dead), _HELD another caller holds its slot. Items are
+# judged in line order, each against the slots left by those granted before it.
 _ACQUIRE_MANY = (
     _NOW
     + _PURGE
@@ -126,16 +130,17 @@ _ACQUIRE_MANY = (
 local ttl = tonumber(ARGV[1])
 local results = {}
 local order = {}
-for i = 2, #ARGV, 2 do
+local items = {}
+for i = 2, #ARGV, 3 do
   local item = ARGV[i]
-  local idx = i / 2
+  local idx = #items + 1
+  items[idx] = i
   if redis.call('ZSCORE', KEYS[3], item) then
     results[idx] = HELD
   else
-    local rank = redis.call('ZRANK', KEYS[1], item)
-    if rank then
-      order[#order + 1] = {rank, idx}
-    elseif redis.call('ZREM', KEYS[4], item) == 1 then
+    if redis.call('ZSCORE', KEYS[1], item) == ARGV[i + 2] then
+      order[#order + 1] = {redis.call('ZRANK', KEYS[1], item), idx}
+    elseif redis.call('ZREM', KEYS[4], ARGV[i + 2]) == 1 then
       results[idx] = RELEASED
     else
       results[idx] = -1
@@ -147,25 +152,33 @@ local granted = 0
 for _, entry in ipairs(order) do
   local idx = entry[2]
   -- Every item granted before this one was ahead of it in line.
-  results[idx] = grant(ARGV[idx * 2], entry[1], granted, tonumber(ARGV[idx * 2 + 1]), ttl)
+  local i = items[idx]
+  results[idx] = grant(ARGV[i], entry[1], granted, tonumber(ARGV[i + 1]), ttl)
   granted = granted + results[idx]
 end
 return results
 """
 )
 
-# KEYS: waiting, beats, active, released. ARGV: item, ttl_ms. Removes the item wherever
-# it is; if it was in line and ttl_ms is not 0, records that it was released, for its
-# wait to learn (0: the wait itself is leaving, nobody is left to tell).
+# KEYS: waiting, beats, active, released. ARGV: item, ttl_ms, place. Frees the item's slot
+# and takes it out of line: out of any place if ``place`` is '', else only out of that
+# one (a leaving wait must not take a later caller's place). If it was in line and ttl_ms
+# is not 0, records that its place was released, for its wait to learn (0: the wait
+# itself is leaving, nobody is left to tell). Returns the place it took, or ''.
 _FORGET = (
     _NOW
     + """
 local ttl = tonumber(ARGV[2])
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 and ttl > 0 then
-  redis.call('ZADD', KEYS[4], now + ttl, ARGV[1])
+local place = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if place and (ARGV[3] == '' or ARGV[3] == place) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  if ttl > 0 then redis.call('ZADD', KEYS[4], now + ttl, place) end
+else
+  place = ''
 end
-redis.call('ZREM', KEYS[2], ARGV[1])
-return redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return place
 """
 )
 
@@ -243,7 +256,7 @@ class RedisBackend(QueueBackend):
         self._renewers: dict[tuple[str, str], asyncio.Task[None]] = {}
         # (queue, item) of every wait going on in this process: a second caller with the
         # same item is refused here; one in another process is refused by the scripts.
-        self._waits: set[tuple[str, str]] = set()
+        self._waits: dict[tuple[str, str], _Wait] = {}
 
     def _keys(self, queue_id: str) -> list[str]:
         base = f"{self.key_prefix}{queue_id}:"
@@ -268,11 +281,14 @@ class RedisBackend(QueueBackend):
         if wait in self._waits:
             raise already_waiting(queue_id, item_id)
         keys = self._keys(queue_id)
-        self._waits.add(wait)
+        state = self._waits[wait] = _Wait()
         try:
-            answer = await self._wait(keys, queue_id, item_id, max_concurrent, timeout)
+            answer = await self._wait(keys, queue_id, item_id, max_concurrent, timeout, state)
         finally:
-            self._waits.discard(wait)
+            # release() of its place ends the wait here at once, and a new wait with the
+            # same item may have started since: it is that one's now.
+            if self._waits.get(wait) is state:
+                del self._waits[wait]
         if answer == _HELD:
             raise already_holds(queue_id, item_id)
         if answer == _RELEASED:
@@ -280,20 +296,22 @@ class RedisBackend(QueueBackend):
         self._renewers[wait] = asyncio.create_task(self._keep_lease(keys[2], queue_id, item_id))
 
     async def _wait(self, keys: list[str], queue_id: str, item_id: str, max_concurrent: int,
-                    timeout: float | None) -> int:
+                    timeout: float | None, state: _Wait) -> int:
         """Wait for ``item_id``'s slot (``keys``: the queue's): 1 once it holds it, or
         _HELD or _RELEASED (nothing left to remove)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             # On its own first: admission at once needs no pump, and this takes the
             # item's place in line (again, if it was purged as dead while it waited).
-            answer = await self._acquire(keys=keys, args=[item_id, max_concurrent, self._ttl_ms])
+            answer, state.place = await self._acquire(
+                keys=keys, args=[item_id, max_concurrent, self._ttl_ms])
             while answer == 0:
                 line = self._lines.get(queue_id)
                 if line is None:
                     line = self._lines[queue_id] = _Line()
                 granted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-                line.waiters[granted] = (item_id, max_concurrent)
+                line.waiters[granted] = (item_id, max_concurrent, state)
+                state.granted = granted
                 if line.pump is None:
                     line.pump = asyncio.create_task(self._pump(queue_id, line))
                 # asyncio.wait, not wait_for: on 3.10 and 3.11 wait_for returns the result
@@ -304,19 +322,25 @@ class RedisBackend(QueueBackend):
                     await asyncio.wait((granted,), timeout=left)
                 finally:
                     line.waiters.pop(granted, None)
+                    state.granted = None
                     # Done from here on: a pump run in flight leaves it alone.
                     granted.cancel()
                 if granted.cancelled():
                     raise QueueTimeoutError(f"no slot of queue {queue_id!r} within {timeout} s")
                 answer = granted.result()
                 if answer == -1:  # purged as dead: take a place again
-                    answer = await self._acquire(
+                    state.place = ""
+                    answer, state.place = await self._acquire(
                         keys=keys, args=[item_id, max_concurrent, self._ttl_ms])
         except BaseException:
             # Timeout, cancellation or a Redis error: whether or not the last script ran,
-            # removing the item everywhere leaves neither a ghost waiter nor a leaked slot.
+            # removing the item (from its own place only, once it knows it) leaves neither
+            # a ghost waiter nor a leaked slot. A released wait has nothing left: its item
+            # id may be a later caller's by now.
             try:
-                await asyncio.shield(self._forget(keys=keys[:4], args=[item_id, 0]))
+                if not state.released:
+                    await asyncio.shield(
+                        self._forget(keys=keys[:4], args=[item_id, 0, state.place]))
             except Exception:
                 # The cause stays what is raised; the item's heartbeat then runs out.
                 logger.warning("removing queue %r item %r failed", queue_id, item_id,
@@ -342,19 +366,22 @@ class RedisBackend(QueueBackend):
                     return
                 asked = list(line.waiters.items())
                 args: list[object] = [self._ttl_ms]
-                for _granted, (item_id, max_concurrent) in asked:
-                    args += [item_id, max_concurrent]
+                for _granted, (item_id, max_concurrent, state) in asked:
+                    args += [item_id, max_concurrent, state.place]
                 try:
                     results = await self._acquire_many(keys=keys, args=args)
                 except Exception as exc:
                     # Each waiter fails as it would have failed asking on its own.
-                    for granted, _item in asked:
+                    for granted, _asked in asked:
                         if not granted.done():
                             granted.set_exception(exc)
                     continue
-                for (granted, _item), result in zip(asked, results, strict=True):
+                for (granted, (_id, _limit, state)), result in zip(asked, results,
+                                                                   strict=True):
                     # A waiter that gave up meanwhile removes its item itself.
                     if result != 0 and not granted.done():
+                        if result == _RELEASED:
+                            state.released = True
                         granted.set_result(int(result))
         finally:
             line.pump = None
@@ -365,7 +392,16 @@ class RedisBackend(QueueBackend):
         renewer = self._renewers.pop((queue_id, item_id), None)
         if renewer is not None:
             renewer.cancel()
-        await self._forget(keys=self._keys(queue_id)[:4], args=[item_id, self._ttl_ms])
+        place = await self._forget(keys=self._keys(queue_id)[:4],
+                                   args=[item_id, self._ttl_ms, ""])
+        wait = self._waits.get((queue_id, item_id))
+        if place and wait is not None and wait.place == place:
+            # Its wait here is over at once, not at the next poll: a new wait with the same
+            # item, started right after this call, is not refused as a second caller.
+            del self._waits[(queue_id, item_id)]
+            wait.released = True
+            if wait.granted is not None and not wait.granted.done():
+                wait.granted.set_result(_RELEASED)
         line = self._lines.get(queue_id)
         if line is not None:
             line.wake.set()
@@ -422,7 +458,22 @@ class _Line:
     def __init__(self) -> None:
         # Each waiter's future (set to the script's answer for its item: 1 admitted,
         # _RELEASED taken out of line by release(), -1 no longer in line otherwise, _HELD
-        # another caller holds its slot) -> (item id, max_concurrent).
-        self.waiters: dict[asyncio.Future[int], tuple[str, int]] = {}
+        # another caller holds its slot) -> (item id, max_concurrent, its wait).
+        self.waiters: dict[asyncio.Future[int], tuple[str, int, _Wait]] = {}
         self.pump: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
+
+
+class _Wait:
+    """One wait going on in this process."""
+
+    __slots__ = ("granted", "place", "released")
+
+    def __init__(self) -> None:
+        # The score of its place in line, as _ACQUIRE answered it ('' until it has one):
+        # what tells its place from one its item id takes later.
+        self.place: bytes | str = ""
+        # Its future while the pump asks for it.
+        self.granted: asyncio.Future[int] | None = None
+        # Set once release() took its place: nothing is left in Redis for it to remove.
+        self.released = False
