@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -14,6 +15,17 @@ from genesis.outbound import CANCEL_GRACE, Outbound, Session
 from genesis.testing import FreeSwitchSimulator
 from tests.compat import timeout
 from tests.esl_server import OUTBOUND_FRAMES, OUTBOUND_UUID, FakeCall, reply
+
+
+def handler_that_blocks() -> tuple[asyncio.Event, Callable[[Session], Awaitable[None]]]:
+    """A handler that sets the event once it runs, then waits until it is cancelled."""
+    started = asyncio.Event()
+
+    async def handler(session: Session) -> None:
+        started.set()
+        await asyncio.get_running_loop().create_future()
+
+    return started, handler
 
 
 async def call(port: int) -> FakeCall:
@@ -323,12 +335,7 @@ async def test_a_cancelled_error_the_handler_raises_itself_is_its_failure(
 async def test_a_handler_cancelled_by_stop_is_not_logged_as_failed(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    started = asyncio.Event()
-
-    async def handler(session: Session) -> None:
-        started.set()
-        await asyncio.get_running_loop().create_future()
-
+    started, handler = handler_that_blocks()
     server = Outbound(handler, "127.0.0.1", 0)
     await server.start(block=False)
     with caplog.at_level(logging.INFO, logger="genesis.outbound"):
@@ -491,12 +498,7 @@ async def test_a_session_task_cancelled_from_outside_ends_cancelled() -> None:
     # Not through stop(): the cancel must still reach whoever awaits the session's task. On
     # 3.10, which cannot tell it from a CancelledError the handler raised itself, it was
     # logged as the handler's failure and swallowed (the task returned normally).
-    started = asyncio.Event()
-
-    async def handler(session: Session) -> None:
-        started.set()
-        await asyncio.get_running_loop().create_future()
-
+    started, handler = handler_that_blocks()
     server = Outbound(handler, "127.0.0.1", 0)
     await server.start(block=False)
     try:
