@@ -255,7 +255,9 @@ class RedisBackend(QueueBackend):
         self._lines: dict[str, _Line] = {}
         self._renewers: dict[tuple[str, str], asyncio.Task[None]] = {}
         # (queue, item) of every wait going on in this process: a second caller with the
-        # same item is refused here; one in another process is refused by the scripts.
+        # same item is refused here. The scripts refuse only an item that holds a slot: two
+        # processes waiting with one item id share its place (item ids are the caller's to
+        # keep unique across processes).
         self._waits: dict[tuple[str, str], _Wait] = {}
 
     def _keys(self, queue_id: str) -> list[str]:
