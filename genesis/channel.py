@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from genesis import tracing
+from genesis._wait import wait_for
 from genesis.exceptions import ChannelError, ChannelNotFound, SessionGoneAway, TimeoutError
 from genesis.types import ChannelState
 
@@ -797,7 +798,7 @@ class Channel:
                 await self.protocol.subscribe(event_name)
             future = self._wait_for(lambda e: e.name == event_name)
         try:
-            return await asyncio.wait_for(future, timeout)
+            return await wait_for(future, timeout)
         except asyncio.TimeoutError:
             raise TimeoutError(f"channel {self.uuid}: no {event_name} within {timeout} s") from None
         finally:

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from genesis._wait import wait_for
 from genesis.channel import Channel
 from genesis.consumer import Consumer
 from genesis.exceptions import ChannelError, GenesisError, TimeoutError
@@ -266,7 +267,7 @@ async def main_async(args: argparse.Namespace) -> Stats:
                 ]
                 inbound_calls = await asyncio.gather(*callers)
                 await run_dialer(client, numbers, args.cps, args.concurrency, stats)
-                await asyncio.wait_for(
+                await wait_for(
                     asyncio.gather(*(call.done for call in inbound_calls)), timeout=60
                 )
                 await asyncio.sleep(0.3)  # let the last HANGUP_COMPLETE/DESTROY events arrive

@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from genesis import tracing
+from genesis._wait import wait_for
 from genesis.exceptions import (
     AuthenticationError,
     ConnectionError,
@@ -231,7 +232,7 @@ class Inbound(Protocol):
         where = f"{self.host}:{self.port}"
         self._auth_waiter = loop.create_future()
         try:
-            await self._step(asyncio.wait_for(
+            await self._step(wait_for(
                 loop.create_connection(lambda: self, self.host, self.port), self.timeout
             ))
         except asyncio.TimeoutError as exc:
@@ -241,7 +242,7 @@ class Inbound(Protocol):
             raise ConnectionError(f"cannot connect to {where}: {exc.strerror or exc}") from exc
         stage = "waiting for auth/request"
         try:
-            await self._step(asyncio.wait_for(self._auth_waiter, self.timeout))
+            await self._step(wait_for(self._auth_waiter, self.timeout))
             stage = "waiting for the auth reply"
             frame = b"auth " + self._password.encode() + b"\n\n"
             reply = await self._step(self._request(frame, "auth", self.timeout, early=True))

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from genesis import tracing
+from genesis._wait import wait_for
 from genesis.exceptions import (
     CommandStage,
     ConnectionError,
@@ -346,8 +347,8 @@ class Outbound:
         if self.events and not session.full_control:
             await session.myevents(timeout=self.timeout)
         elif self.events:
-            await asyncio.wait_for(session.add_filter("Unique-ID", session.uuid), self.timeout)
-            await asyncio.wait_for(session.subscribe("ALL"), self.timeout)
+            await wait_for(session.add_filter("Unique-ID", session.uuid), self.timeout)
+            await wait_for(session.subscribe("ALL"), self.timeout)
         if self.linger:
             reply = await session.send("linger", timeout=self.timeout)
             if not is_ok(reply):

@@ -9,7 +9,7 @@ import pytest
 
 from genesis.exceptions import ConnectionError
 from genesis.inbound import Inbound
-from tests.esl_server import Connection, ESLServer, corpus_event, reply
+from tests.esl_server import Connection, ESLServer, api_response, corpus_event, reply
 
 
 def accept_auth(server: ESLServer, drop: Callable[[int], bool]) -> list[float]:
@@ -234,3 +234,29 @@ async def test_a_stop_cancelled_as_its_close_completes_still_raises_cancelled_er
         pytest.fail("stop() never returned")
     await stopping
     assert cancels > 1 and client.writer is None
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0], ids=["no-timeout", "timeout"])
+async def test_a_cancel_landing_with_the_reply_is_not_dropped(
+    server: ESLServer, timeout: float | None
+) -> None:
+    # The reply and an event whose handler cancels the command's caller come in one read:
+    # the reply resolves the command, then the cancel lands before the caller resumes.
+    # Before 3.12 asyncio.wait_for returned the reply and dropped that cancel.
+    def on_command(conn: Connection, text: str) -> bool:
+        if text != "api echo race":
+            return False
+        conn.write(api_response("race") + corpus_event("HEARTBEAT"))
+        return True
+
+    server.on_command = on_command
+    client = Inbound("127.0.0.1", server.port, "ClueCon", timeout=2)
+    await asyncio.wait_for(client.start(), 2)
+    try:
+        caller = asyncio.ensure_future(client.api("echo race", timeout=timeout))
+        client.on("HEARTBEAT", lambda _event: caller.cancel())
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        assert await client.api("echo next", timeout=2) == "next"  # nothing shifted
+    finally:
+        await asyncio.wait_for(client.stop(), 2)

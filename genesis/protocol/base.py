@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 from uuid import uuid4
 
 from genesis import tracing
+from genesis._wait import wait_for
 from genesis.exceptions import (
     ChannelError,
     CommandStage,
@@ -472,13 +473,13 @@ class Protocol(asyncio.Protocol):
             future = self._write(frame, early=early)
             if timeout is None:
                 return await future
-            return await asyncio.wait_for(future, timeout)
+            return await wait_for(future, timeout)
         with tracer.start_as_current_span("send_command") as span:
             recording = span.is_recording()
             if recording:
                 span.set_attribute("command.name", verb)
             future = self._write(frame, early=early)
-            reply = await (future if timeout is None else asyncio.wait_for(future, timeout))
+            reply = await (future if timeout is None else wait_for(future, timeout))
             if recording:
                 span.set_attribute("command.reply", _reply_text(reply))
             return reply
@@ -516,7 +517,7 @@ class Protocol(asyncio.Protocol):
             raise ValueError(f"a job with Job-UUID {job} is already pending")
         if timeout is None:
             return await self._bgapi(frame, job)
-        return await asyncio.wait_for(self._bgapi(frame, job), timeout)
+        return await wait_for(self._bgapi(frame, job), timeout)
 
     async def _bgapi(self, frame: bytes, job: str) -> ESLEvent:
         await self.subscribe("BACKGROUND_JOB")
@@ -569,7 +570,7 @@ class Protocol(asyncio.Protocol):
             return await self._request(frame, "sendmsg", timeout)
         if timeout is None:
             return await self._sendmsg_block(frame, target, app_uuid)
-        return await asyncio.wait_for(self._sendmsg_block(frame, target, app_uuid), timeout)
+        return await wait_for(self._sendmsg_block(frame, target, app_uuid), timeout)
 
     def _own_channel(self) -> str:
         """The channel a sendmsg without uuid targets: only a Session has one."""

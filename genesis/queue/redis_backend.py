@@ -32,6 +32,7 @@ import time
 from typing import Any
 
 from genesis._redis import connect
+from genesis._wait import wait_for
 from genesis.exceptions import GenesisError, QueueReleasedError, QueueTimeoutError
 from genesis.queue.base import QueueBackend, already_holds, already_waiting
 
@@ -362,7 +363,7 @@ class RedisBackend(QueueBackend):
         try:
             while True:
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(line.wake.wait(), self.poll_interval)
+                    await wait_for(line.wake.wait(), self.poll_interval)
                 line.wake.clear()
                 if not line.waiters:
                     return

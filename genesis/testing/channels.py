@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from genesis._wait import wait_for
 from genesis.testing.events import Headers
 
 if TYPE_CHECKING:
@@ -586,7 +587,7 @@ class Channel:
             await asyncio.sleep(0)
             return
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._hungup.wait(), seconds)
+            await wait_for(self._hungup.wait(), seconds)
         if self.hungup:
             raise Hangup
 

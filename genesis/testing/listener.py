@@ -17,6 +17,7 @@ import re
 from collections import deque
 from typing import TYPE_CHECKING
 
+from genesis._wait import wait_for
 from genesis.outbound import MYEVENTS
 from genesis.protocol.parser import encode_value
 from genesis.testing.channels import Channel
@@ -315,7 +316,7 @@ class Listener:
             while not self.closed:
                 try:
                     if not self.authenticated:
-                        frame = await asyncio.wait_for(
+                        frame = await wait_for(
                             read_command(self.reader), self.sim.auth_timeout
                         )
                     else:

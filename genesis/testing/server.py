@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, S
 from dataclasses import dataclass, field
 from typing import Any
 
+from genesis._wait import wait_for
 from genesis.protocol.parser import serialize_event
 from genesis.testing.apis import Apis
 from genesis.testing.apps import standard_applications
@@ -272,7 +273,7 @@ class FreeSwitchSimulator:
                 await task
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+                await wait_for(self._server.wait_closed(), 1.0)
             self._server = None
 
     @property
@@ -883,7 +884,7 @@ class FreeSwitchSimulator:
     ) -> None:
         """The ``socket`` application: connect, then hand the call to the application."""
         try:
-            reader, writer = await asyncio.wait_for(
+            reader, writer = await wait_for(
                 asyncio.open_connection(host, port, limit=1 << 20), 5.0
             )
         except (OSError, asyncio.TimeoutError) as exc:
