@@ -81,8 +81,8 @@ async def close_transport(transport: asyncio.Transport, lost: asyncio.Future[Any
     """
     transport.close()
     try:
-        # asyncio.wait, not wait_for: before 3.12, a wait_for cancelled once ``lost`` is
-        # done returns its result instead of raising, and the cancel would be lost.
+        # asyncio.wait, not asyncio.wait_for: before 3.12, a wait_for cancelled once ``lost``
+        # is done returns its result instead of raising, and the cancel would be lost.
         await asyncio.wait((lost,), timeout=1.0)
     finally:
         if not lost.done():

@@ -210,13 +210,13 @@ class Dispatcher:
                             await awaitable
                         finally:
                             reset_context(token)
-                except asyncio.CancelledError:
-                    # Awaiting a task someone cancelled raises this too: a handler failure,
-                    # which must not leave the backlog (and paused reading) without a worker.
-                    if self._closing or _cancelling(worker):
+                except (Exception, asyncio.CancelledError) as exc:
+                    # Awaiting a task someone cancelled raises CancelledError too: a handler
+                    # failure, which must not leave the backlog (and paused reading) without
+                    # a worker. Only the worker's own cancellation ends it.
+                    if isinstance(exc, asyncio.CancelledError) and (
+                            self._closing or _cancelling(worker)):
                         raise
-                    logger.exception("async event handler failed")
-                except Exception:
                     logger.exception("async event handler failed")
                 finally:
                     self._running -= 1
