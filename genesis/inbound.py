@@ -44,7 +44,7 @@ from genesis.exceptions import (
     GenesisError,
 )
 from genesis.protocol import commands
-from genesis.protocol.base import Protocol, _reply_text, close_transport, is_ok
+from genesis.protocol.base import Protocol, _reply_text, is_ok
 from genesis.protocol.parser import ESLEvent
 
 logger = logging.getLogger("genesis.inbound")
@@ -106,7 +106,6 @@ class Inbound(Protocol):
         self.on_gap = on_gap
         self.gaps: deque[Gap] = deque(maxlen=64)
         self._auth_waiter: asyncio.Future[None] | None = None
-        self._lost_waiter: asyncio.Future[str] | None = None
         self._closed: asyncio.Future[None] | None = None
         self._reconnector: asyncio.Task[None] | None = None
         self._callbacks: set[asyncio.Task[Any]] = set()
@@ -206,13 +205,6 @@ class Inbound(Protocol):
                 closed.set_exception(error)
                 closed.exception()  # nobody may be waiting: do not warn "never retrieved"
 
-    async def _close_transport(self) -> None:
-        transport, lost = self._transport, self._lost_waiter
-        if transport is None:
-            return
-        assert lost is not None  # connection_made sets both
-        await close_transport(transport, lost)
-
     # -- connect and authenticate ---------------------------------------------------------
 
     async def _open(self) -> None:
@@ -254,7 +246,7 @@ class Inbound(Protocol):
             # this resumes. connection_lost() then found a connection that was not ready
             # and left the loss to this sequence: it must fail here, or the client would
             # count as connected on a closed connection, with no reconnect scheduled.
-            lost = self._lost_waiter
+            lost = self._lost
             assert lost is not None  # set by connection_made, before create_connection returned
             if lost.done():
                 raise ConnectionLost(lost.result())
@@ -322,10 +314,6 @@ class Inbound(Protocol):
             logger.warning("%s:%s disconnect notice: %s", self.host, self.port,
                            (notice.body or "").strip())
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._lost_waiter = asyncio.get_running_loop().create_future()
-
     def connection_lost(self, exc: Exception | None) -> None:
         was_ready = self._ready
         super().connection_lost(exc)
@@ -333,9 +321,6 @@ class Inbound(Protocol):
         waiter = self._auth_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(ConnectionLost(reason))
-        lost = self._lost_waiter
-        if lost is not None and not lost.done():
-            lost.set_result(reason)
         if self._stopping or not was_ready:
             return
         if self.reconnect:

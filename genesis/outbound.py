@@ -35,7 +35,7 @@ from genesis.exceptions import (
     ProtocolError,
     SessionGoneAway,
 )
-from genesis.protocol.base import Protocol, close_transport, is_ok
+from genesis.protocol.base import Protocol, is_ok
 from genesis.protocol.parser import ESLEvent
 
 logger = logging.getLogger("genesis.outbound")
@@ -74,14 +74,12 @@ class Session(Protocol):
         self.channel: Any = None
         self.lingering = False
         self.gone = False
-        self._lost: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Session {self.uuid} peer={self.peer} gone={self.gone}>"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._lost = asyncio.get_running_loop().create_future()
         if self.server is not None:
             self.server._accept(self)
 
@@ -89,8 +87,6 @@ class Session(Protocol):
         super().connection_lost(exc)
         self.gone = True
         self._tell_watchers(False)
-        if self._lost is not None and not self._lost.done():
-            self._lost.set_result(None)
 
     async def close(self) -> None:
         """Close the connection (FreeSWITCH then ends the socket application).
@@ -103,12 +99,6 @@ class Session(Protocol):
             await self._close_transport()
         finally:
             await self._dispatcher.close()
-
-    async def _close_transport(self) -> None:
-        transport, lost = self._transport, self._lost
-        if transport is None or lost is None:
-            return
-        await close_transport(transport, lost)
 
     async def connect(self, timeout: float | None = None) -> dict[str, Any]:
         """Send ``connect``; keep the channel data in ``context`` and its uuid in ``uuid``."""

@@ -131,7 +131,7 @@ def lose_during_restore(client: Inbound, server: ESLServer) -> list[int]:
             return
         sabotaged.append(len(server.connections))
         server.connections[-1].close()
-        lost = client._lost_waiter
+        lost = client._lost
         assert lost is not None
         await asyncio.wait_for(asyncio.shield(lost), 2)
 

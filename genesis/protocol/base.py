@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 from uuid import uuid4
 
 from genesis import tracing
@@ -72,23 +72,6 @@ def _reply_text(reply: ESLEvent) -> str:
     return text if isinstance(text, str) else " ".join(text)
 
 
-async def close_transport(transport: asyncio.Transport, lost: asyncio.Future[Any]) -> None:
-    """Close ``transport`` and wait up to 1 s for ``lost`` (its connection_lost); abort it
-    when that times out or the wait is cancelled, then let the cancel propagate.
-
-    A peer that stopped reading keeps a closing socket open for as long as the bytes queued
-    for it stay unsent, possibly forever: a close that gives up must abort.
-    """
-    transport.close()
-    try:
-        # asyncio.wait, not asyncio.wait_for: before 3.12, a wait_for cancelled once ``lost``
-        # is done returns its result instead of raising, and the cancel would be lost.
-        await asyncio.wait((lost,), timeout=1.0)
-    finally:
-        if not lost.done():
-            transport.abort()
-
-
 def is_ok(reply: ESLEvent) -> bool:
     """True for a ``+OK`` reply (or api output that does not start with ``-ERR``)."""
     if reply.kind == KIND_API_RESPONSE:
@@ -105,6 +88,9 @@ class Protocol(asyncio.Protocol):
         self._dispatcher = Dispatcher(max_concurrency, max_pending)
         self.handlers: dict[str, list[EventHandler]] = self._dispatcher.handlers
         self._transport: asyncio.Transport | None = None
+        # Per connection, set by connection_made: resolved by connection_lost with the
+        # reason the connection ended (_loss_reason).
+        self._lost: asyncio.Future[str] | None = None
         self._parser: Parser | None = None
         self._pending: deque[asyncio.Future[ESLEvent]] = deque()
         self._jobs: dict[str, asyncio.Future[ESLEvent]] = {}
@@ -211,6 +197,7 @@ class Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        self._lost = asyncio.get_running_loop().create_future()
         self._parser = Parser(share=True)
         self._failure = None
         self._ever_connected = True
@@ -340,10 +327,34 @@ class Protocol(asyncio.Protocol):
         self._parser = None
         self._ready = False
         self._dispatcher.attach(None)
-        reason = f"connection lost ({self._loss_reason(exc)})"
+        why = self._loss_reason(exc)
+        lost = self._lost
+        if lost is not None and not lost.done():
+            lost.set_result(why)
+        reason = f"connection lost ({why})"
         if partial:
             reason += f" in the middle of a frame ({partial} bytes unparsed)"
         self._fail_waiters(reason)
+
+    async def _close_transport(self) -> None:
+        """Close the connection and wait up to 1 s for it to end; abort it when that times
+        out or the wait is cancelled, then let the cancel propagate.
+
+        A peer that stopped reading keeps a closing socket open for as long as the bytes
+        queued for it stay unsent, possibly forever: a close that gives up must abort.
+        """
+        transport, lost = self._transport, self._lost
+        if transport is None:
+            return
+        assert lost is not None  # connection_made sets both
+        transport.close()
+        try:
+            # asyncio.wait, not asyncio.wait_for: before 3.12, a wait_for cancelled once
+            # ``lost`` is done returns its result instead of raising: the cancel is lost.
+            await asyncio.wait((lost,), timeout=1.0)
+        finally:
+            if not lost.done():
+                transport.abort()
 
     # -- inbound frame handlers (overridden by Inbound and Session) ---------------------
 
