@@ -13,7 +13,7 @@ from genesis.exceptions import ChannelError, TimeoutError, UnconnectedError
 from genesis.inbound import Inbound
 from genesis.testing import FreeSwitchSimulator
 from genesis.types import ChannelState
-from tests.compat import timeout
+from tests.polling import until
 
 WAIT = 10.0
 
@@ -31,9 +31,7 @@ async def client(fs: FreeSwitchSimulator) -> AsyncIterator[Inbound]:
 
 
 async def _gone(fs: FreeSwitchSimulator, uuid: str) -> None:
-    async with timeout(WAIT):
-        while uuid in fs.channels:
-            await asyncio.sleep(0.01)
+    await until(lambda: uuid not in fs.channels, WAIT)
 
 
 def _routes(client: Inbound) -> Mapping[str, object]:
@@ -61,9 +59,7 @@ async def test_hundred_legs_at_once_on_one_connection(
     await asyncio.wait_for(asyncio.gather(*(leg.hangup() for leg in legs)), WAIT)
     for leg in legs:
         await _gone(fs, leg.uuid)
-    async with timeout(WAIT):
-        while _routes(client):
-            await asyncio.sleep(0.01)
+    await until(lambda: not _routes(client), WAIT)
     assert not client.has_filters
 
 
@@ -95,9 +91,7 @@ async def test_failed_originate_raises_the_cause_at_once(
         await asyncio.wait_for(Channel.create(client, dial, variables), WAIT)
     assert info.value.cause == cause
     assert time.monotonic() - started < ring_time + 0.5
-    async with timeout(WAIT):
-        while _routes(client):
-            await asyncio.sleep(0.01)
+    await until(lambda: not _routes(client), WAIT)
 
 
 async def test_variables_reach_the_leg(fs: FreeSwitchSimulator, client: Inbound) -> None:
@@ -216,9 +210,7 @@ async def test_dtmf_is_scoped_to_its_leg(fs: FreeSwitchSimulator, client: Inboun
     assert event is not None and event["DTMF-Digit"] == "1"
     with pytest.raises(TimeoutError):
         await b_waits
-    async with timeout(WAIT):
-        while len(seen_a) < 3 or not only_hash:
-            await asyncio.sleep(0.01)
+    await until(lambda: len(seen_a) >= 3 and bool(only_hash), WAIT)
     assert seen_a == ["1", "2", "#"]
     assert only_hash == ["#"]
     assert seen_b == []
@@ -273,9 +265,7 @@ async def test_filters_added_per_leg_and_removed(
     # Events still reach the leg through its filter.
     await asyncio.wait_for(leg.wait(ChannelState.EXECUTE, timeout=WAIT), WAIT)
     await leg.hangup()
-    async with timeout(WAIT):
-        while ("Unique-ID", leg.uuid) in client._filters:
-            await asyncio.sleep(0.01)
+    await until(lambda: ("Unique-ID", leg.uuid) not in client._filters, WAIT)
     assert list(client._filters) == [("Event-Name", "HEARTBEAT")]
 
 
@@ -308,9 +298,7 @@ async def test_cancelled_create_leaves_no_leg(fs: FreeSwitchSimulator, client: I
     creating.cancel()
     with pytest.raises(asyncio.CancelledError):
         await creating
-    async with timeout(WAIT):
-        while fs.channels:
-            await asyncio.sleep(0.01)
+    await until(lambda: not fs.channels, WAIT)
     assert fs.calls[-1].hangup_cause == "ORIGINATOR_CANCEL"
 
 
@@ -343,9 +331,7 @@ async def test_session_own_channel_uses_session_sendmsg_and_goes_away(
         await asyncio.sleep(0.1)
         assert caller.answer_state == "answered"
         caller.hangup("NORMAL_CLEARING")
-        async with timeout(WAIT):
-            while "error" not in outcome:
-                await asyncio.sleep(0.01)
+        await until(lambda: "error" in outcome, WAIT)
         assert isinstance(outcome["error"], SessionGoneAway)
     finally:
         await server.stop(timeout=2.0)
@@ -387,20 +373,15 @@ async def test_leg_of_a_session_whose_connection_closes_is_not_reported_hung_up(
     try:
         fs.route("5002", socket=f"127.0.0.1:{server.addresses[0][1]} async full")
         await fs.place_call("5002", caller="1000")
-        async with timeout(WAIT):
-            while "leg" not in outcome:
-                await asyncio.sleep(0.01)
+        await until(lambda: "leg" in outcome, WAIT)
         leg = outcome["leg"]
         assert isinstance(leg, Channel)
-        async with timeout(WAIT):  # the blocking playback is under way
-            while "playback" not in fs.channels[leg.uuid].applications:
-                await asyncio.sleep(0.01)
+        # The blocking playback is under way.
+        await until(lambda: "playback" in fs.channels[leg.uuid].applications, WAIT)
         for listener in list(fs.listeners):
             if listener.outbound:
                 listener.abort()
-        async with timeout(WAIT):
-            while "error" not in outcome:
-                await asyncio.sleep(0.01)
+        await until(lambda: "error" in outcome, WAIT)
         # The connection closed; the leg itself is still up in FreeSWITCH.
         assert isinstance(outcome["error"], ConnectionLost)
         assert leg.uuid in fs.channels and not fs.channels[leg.uuid].hungup

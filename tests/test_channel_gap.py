@@ -19,6 +19,7 @@ from genesis.outbound import Outbound, Session
 from genesis.testing import FreeSwitchSimulator
 from genesis.types import ChannelState
 from tests.compat import timeout
+from tests.polling import until
 
 WAIT = 10.0
 
@@ -64,9 +65,7 @@ async def test_leg_hung_up_in_a_gap_ends_after_the_reconnect(fs: FreeSwitchSimul
 
         _drop_connections(fs)
         fs.channels[gone.uuid].hangup()
-        async with timeout(WAIT):
-            while gone.uuid in fs.channels:
-                await asyncio.sleep(0.01)
+        await until(lambda: gone.uuid not in fs.channels, WAIT)
         assert not gaps and not gone.is_gone  # torn down while nobody was listening
 
         await _until_counted(balancer, "user/2002", 0)
@@ -129,9 +128,7 @@ async def test_legs_rung_from_an_outbound_session_outlive_its_connection_uncount
         fs.route("5000", socket=f"127.0.0.1:{server.addresses[0][1]} async full")
         await fs.place_call("5000", caller="1000")
 
-        async with timeout(WAIT):
-            while not legs:
-                await asyncio.sleep(0.01)
+        await until(lambda: bool(legs), WAIT)
         await _until_counted(balancer, "user/2002", 1)
         for listener in list(fs.listeners):
             if listener.outbound:

@@ -11,7 +11,7 @@ import pytest
 
 from genesis import cli
 from genesis.testing import FreeSwitchSimulator
-from tests.compat import timeout
+from tests.polling import until
 
 APP = """
 from genesis import Consumer
@@ -44,9 +44,7 @@ async def test_consumer_command_line_overrides_host_port_password(app_module: st
         running = asyncio.create_task(app.start())
         module = sys.modules[app_module]
         try:
-            async with timeout(5):
-                while not module.seen:
-                    await asyncio.sleep(0.01)
+            await until(lambda: bool(module.seen), 5)
         finally:
             await app.stop()
             await asyncio.wait_for(running, 5)

@@ -13,8 +13,8 @@ import pytest
 from genesis.exceptions import GenesisError, SessionGoneAway
 from genesis.outbound import CANCEL_GRACE, Outbound, Session
 from genesis.testing import FreeSwitchSimulator
-from tests.compat import timeout
 from tests.esl_server import OUTBOUND_FRAMES, OUTBOUND_UUID, FakeCall, reply
+from tests.polling import until
 
 
 def handler_that_blocks() -> tuple[asyncio.Event, Callable[[Session], Awaitable[None]]]:
@@ -177,9 +177,7 @@ async def test_stop_returns_when_a_handler_swallows_its_cancellation() -> None:
         release.set()
         await asyncio.wait_for(stopping, 5)
     # The handler ends once released; its session leaves the table a loop turn or two later.
-    async with timeout(2):
-        while server.sessions:
-            await asyncio.sleep(0.01)
+    await until(lambda: not server.sessions, 2)
 
 
 async def test_a_handler_timeout_is_logged_as_its_failure_not_the_handshake(

@@ -46,9 +46,7 @@ def _legs(fs: FreeSwitchSimulator, target: str) -> list[SimChannel]:
 
 
 async def _all_ended(fs: FreeSwitchSimulator, keep: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-    async with timeout(WAIT):
-        while set(fs.channels) - keep:
-            await asyncio.sleep(0.01)
+    await until(lambda: not set(fs.channels) - keep, WAIT)
 
 
 async def test_parallel_returns_first_answer_and_hangs_up_the_rest(
@@ -178,16 +176,12 @@ async def test_ring_group_from_outbound_session_bridges_the_caller(
         port = server.addresses[0][1]
         fs.route("5000", socket=f"127.0.0.1:{port} async full")
         caller = await fs.place_call("5000", caller="1000")
-        async with timeout(WAIT):
-            while "bridged" not in results:
-                await asyncio.sleep(0.01)
+        await until(lambda: "bridged" in results, WAIT)
         winner = results["winner"]
         assert isinstance(winner, Channel) and winner.dial_path == "user/2002"
         assert not caller.hungup  # the caller's channel was never touched by the cleanup
         assert caller.bridged_to == winner.uuid
-        async with timeout(WAIT):
-            while set(fs.channels) - {caller.uuid, winner.uuid}:
-                await asyncio.sleep(0.01)
+        await until(lambda: not set(fs.channels) - {caller.uuid, winner.uuid}, WAIT)
         for loser in _legs(fs, "user/2001") + _legs(fs, "user/2003"):
             assert loser.hangup_cause == "ORIGINATOR_CANCEL"
         release.set()
@@ -316,15 +310,11 @@ async def test_ring_cancelled_while_hanging_up_the_losers_hangs_up_the_winner(
 ) -> None:
     fs.endpoint("user/2005", answer_after=0.5)
     ringing = asyncio.create_task(RingGroup.ring(client, ["user/2005", "user/2003"], timeout=5.0))
-    async with timeout(WAIT):
-        while len(fs.calls) < 2:
-            await asyncio.sleep(0.01)
+    await until(lambda: len(fs.calls) >= 2, WAIT)
     await asyncio.sleep(0.2)  # both legs created: the replies still to come are the hangups'
     fs.faults.delay_replies(2.0)
     [loser] = _legs(fs, "user/2003")
-    async with timeout(WAIT):  # 2005 answered, and the ring is hanging 2003 up
-        while not loser.hungup:
-            await asyncio.sleep(0.01)
+    await until(lambda: loser.hungup, WAIT)  # 2005 answered, and the ring is hanging 2003 up
     ringing.cancel()
     with pytest.raises(asyncio.CancelledError):
         await ringing
