@@ -11,7 +11,7 @@ import pytest
 import genesis
 from genesis.exceptions import GenesisError, QueueTimeoutError
 from genesis.queue import InMemoryBackend, Queue, QueueBackend, QueueReleasedError, RedisBackend
-from tests import compat
+from tests.polling import until
 
 WAIT = 5.0  # bound for every await that would hang on a bug
 
@@ -53,12 +53,6 @@ async def make_backend(
         await backend.close()
 
 
-async def _until(predicate_coro, timeout: float = WAIT) -> None:  # type: ignore[no-untyped-def]
-    async with compat.timeout(timeout):
-        while not await predicate_coro():
-            await asyncio.sleep(0.005)
-
-
 def test_public_names() -> None:
     assert genesis.Queue is Queue  # type: ignore[attr-defined]
     assert genesis.RedisBackend is RedisBackend  # type: ignore[attr-defined]
@@ -83,7 +77,7 @@ async def test_fifo_order(backend: QueueBackend) -> None:
         await backend.enqueue("q", f"item-{n}")  # places are taken in this order
     for n in reversed(range(6)):  # start waiting in the opposite order: the place counts
         tasks.append(asyncio.create_task(visitor(n)))
-    await _until(lambda: _depth_is(backend, "q", 6))
+    await until(lambda: _depth_is(backend, "q", 6), WAIT)
     await holder.__aexit__(None, None, None)
     await asyncio.wait_for(asyncio.gather(*tasks), WAIT)
     assert order == list(range(6))
@@ -142,7 +136,7 @@ async def test_cancelled_waiter_removed(backend: QueueBackend) -> None:
     holder = queue.slot("c")
     await asyncio.wait_for(holder.__aenter__(), WAIT)
     cancelled = asyncio.create_task(backend.wait_and_acquire("c", "cancelled", 1, None))
-    await _until(lambda: _depth_is(backend, "c", 1))
+    await until(lambda: _depth_is(backend, "c", 1), WAIT)
     cancelled.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(cancelled, WAIT)
@@ -232,9 +226,9 @@ async def test_release_of_a_waiting_item_ends_its_wait(backend: QueueBackend) ->
     item back at the end of the line and later gave it a slot nobody wanted.)"""
     await asyncio.wait_for(backend.wait_and_acquire("q", "holder", 1, WAIT), WAIT)
     gone = asyncio.create_task(backend.wait_and_acquire("q", "gone", 1, None))
-    await _until(lambda: _depth_is(backend, "q", 1))
+    await until(lambda: _depth_is(backend, "q", 1), WAIT)
     nxt = asyncio.create_task(backend.wait_and_acquire("q", "next", 1, WAIT))
-    await _until(lambda: _depth_is(backend, "q", 2))
+    await until(lambda: _depth_is(backend, "q", 2), WAIT)
     await backend.release("q", "gone")
     with pytest.raises(QueueReleasedError):
         await asyncio.wait_for(gone, WAIT)
@@ -253,12 +247,12 @@ async def test_a_released_wait_frees_its_item_id_for_a_new_wait_at_once(
     wait as a second caller until the released wait's next poll.)"""
     await asyncio.wait_for(backend.wait_and_acquire("q", "holder", 1, WAIT), WAIT)
     gone = asyncio.create_task(backend.wait_and_acquire("q", "x", 1, None))
-    await _until(lambda: _depth_is(backend, "q", 1))
+    await until(lambda: _depth_is(backend, "q", 1), WAIT)
     await backend.release("q", "x")
     again = asyncio.create_task(backend.wait_and_acquire("q", "x", 1, WAIT))
     with pytest.raises(QueueReleasedError):
         await asyncio.wait_for(gone, WAIT)
-    await _until(lambda: _depth_is(backend, "q", 1))
+    await until(lambda: _depth_is(backend, "q", 1), WAIT)
     await backend.release("q", "holder")
     await asyncio.wait_for(again, WAIT)
     assert (await backend.active("q"), await backend.depth("q")) == (1, 0)
@@ -273,7 +267,7 @@ async def test_a_place_taken_again_after_a_release_does_not_revive_the_released_
     the released wait's, which went on waiting and would have taken the slot.)"""
     await asyncio.wait_for(backend.wait_and_acquire("q", "holder", 1, WAIT), WAIT)
     gone = asyncio.create_task(backend.wait_and_acquire("q", "x", 1, None))
-    await _until(lambda: _depth_is(backend, "q", 1))
+    await until(lambda: _depth_is(backend, "q", 1), WAIT)
     await backend.release("q", "x")
     await backend.enqueue("q", "x")
     with pytest.raises(QueueReleasedError):
@@ -292,7 +286,7 @@ async def test_a_wait_started_after_its_place_was_released_waits_normally(
     await backend.enqueue("q", "late")
     await backend.release("q", "late")
     late = asyncio.create_task(backend.wait_and_acquire("q", "late", 1, WAIT))
-    await _until(lambda: _depth_is(backend, "q", 1))
+    await until(lambda: _depth_is(backend, "q", 1), WAIT)
     await backend.release("q", "holder")
     await asyncio.wait_for(late, WAIT)
     assert (await backend.active("q"), await backend.depth("q")) == (1, 0)
@@ -325,7 +319,7 @@ async def test_enqueueing_again_renews_the_place(
     await backend.enqueue("q", "a")
     await asyncio.sleep(0.4)  # past the first enqueue's lease_ttl
     assert await backend.depth("q") == 1
-    await _until(lambda: _depth_is(backend, "q", 0))
+    await until(lambda: _depth_is(backend, "q", 0), WAIT)
 
 
 async def test_a_waiting_caller_keeps_its_place_past_the_lease(
@@ -362,7 +356,7 @@ async def test_an_item_id_serves_one_caller_at_a_time(backend: QueueBackend) -> 
     with pytest.raises(ValueError, match="already holds a slot"):
         await asyncio.wait_for(backend.wait_and_acquire("q", "holder", 1, WAIT), WAIT)
     waiter = asyncio.create_task(backend.wait_and_acquire("q", "w", 1, WAIT))
-    await _until(lambda: _depth_is(backend, "q", 1))
+    await until(lambda: _depth_is(backend, "q", 1), WAIT)
     with pytest.raises(ValueError, match="already waiting"):
         await asyncio.wait_for(backend.wait_and_acquire("q", "w", 1, WAIT), WAIT)
     assert (await backend.active("q"), await backend.depth("q")) == (1, 1)
@@ -417,7 +411,7 @@ async def test_waiter_cancelled_as_its_slot_is_granted_ends_cancelled() -> None:
             await asyncio.sleep(3600)
 
     task = asyncio.create_task(waiter())
-    await _until(lambda: _depth_is(backend, "q", 1))
+    await until(lambda: _depth_is(backend, "q", 1), WAIT)
     await backend.release("q", "holder")  # grants the waiter's slot...
     task.cancel()  # ...and the cancel arrives before the waiter runs again
     with pytest.raises(asyncio.CancelledError):
@@ -446,11 +440,11 @@ async def test_admission_walks_only_the_head_of_the_line() -> None:
     waiters = [
         asyncio.create_task(backend.wait_and_acquire("q", f"w{n}", 2, None)) for n in range(200)
     ]
-    await _until(lambda: _depth_is(backend, "q", 199))  # w0 took the second slot
+    await until(lambda: _depth_is(backend, "q", 199), WAIT)  # w0 took the second slot
     line = backend._lines["q"]
     line.waiting = counting = _CountingLine(line.waiting)
     late = asyncio.create_task(backend.wait_and_acquire("q", "late", 2, None))
-    await _until(lambda: _depth_is(backend, "q", 200))
+    await until(lambda: _depth_is(backend, "q", 200), WAIT)
     await backend.release("q", "holder")
     assert (await backend.active("q"), next(iter(line.waiting))) == (2, "w2")
     assert counting.walked <= 2  # the line is 200 long
