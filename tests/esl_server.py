@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
+from tests.polling import until
+
 CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "freeswitch-1.10.12"
 
 AUTH_REQUEST = b"Content-Type: auth/request\n\n"
@@ -257,11 +259,7 @@ class ESLServer:
             conn.write(frame)
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        async def poll() -> None:
-            while not predicate():
-                await asyncio.sleep(0.005)
-
-        await asyncio.wait_for(poll(), timeout)
+        await until(predicate, timeout)
 
 
 OUTBOUND_FRAMES = split_frames((CORPUS / "outbound_in.bin").read_bytes())
