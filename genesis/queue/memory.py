@@ -23,6 +23,12 @@ class _Waiter:
         # as an unrenewed heartbeat does in Redis.
         self.expiry: asyncio.TimerHandle | None = None
 
+    def stop_expiry(self) -> None:
+        """Cancel the lapse of an enqueue()d place: a wait started, it left, or it is renewed."""
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+
 
 class _Line:
     __slots__ = ("active", "limits", "waiting")
@@ -38,9 +44,7 @@ class _Line:
         self.limits: Counter[int] = Counter()
 
     def start_waiting(self, waiter: _Waiter, future: asyncio.Future[bool], limit: int) -> None:
-        if waiter.expiry is not None:
-            waiter.expiry.cancel()
-            waiter.expiry = None
+        waiter.stop_expiry()
         waiter.future = future
         waiter.max_concurrent = limit
         self.limits[limit] += 1
@@ -50,8 +54,7 @@ class _Line:
         waiter = self.waiting.pop(item_id, None)
         if waiter is None:
             return None
-        if waiter.expiry is not None:
-            waiter.expiry.cancel()
+        waiter.stop_expiry()
         if waiter.future is not None:
             self.limits[waiter.max_concurrent] -= 1
             if not self.limits[waiter.max_concurrent]:
@@ -91,8 +94,7 @@ class InMemoryBackend(QueueBackend):
             waiter = line.waiting[item_id] = _Waiter()
         elif waiter.future is not None:
             return
-        if waiter.expiry is not None:
-            waiter.expiry.cancel()
+        waiter.stop_expiry()
         waiter.expiry = asyncio.get_running_loop().call_later(
             self.lease_ttl, self._forget, queue_id, item_id
         )
