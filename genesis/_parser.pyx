@@ -630,6 +630,25 @@ cdef inline object _value_ahead(const char* base, uint32_t* s, bint urlenc, bint
     return _line_value(base, s, urlenc)
 
 
+cdef inline PyObject* _value_hit(const char* base, uint32_t* s, bint urlenc,
+                                 uint64_t h) noexcept nogil:
+    """The str of line ``s``'s value if the value cache holds it (borrowed), else NULL.
+
+    ``h`` is the value's hash from ``_hash_ahead``. NULL also for a value that is not
+    URL-encoded or might decode to ARRAY:: (the test of ``_value_ahead``): the caller
+    decodes those the general way.
+    """
+    cdef uint32_t n = s[3] & _LEN_MASK
+    cdef const char* p = base + s[2]
+    cdef _ValueSlot* e
+    if not urlenc or n > _VALUE_CACHE_MAX_LEN or (n >= 7 and (p[0] == 65 or p[0] == 37)):
+        return NULL
+    e = &_value_cache[h & (_VALUE_CACHE_SIZE - 1)]
+    if e.hash == h and e.length == n and _same(e.raw, p, n):
+        return e.text
+    return NULL
+
+
 cdef inline object _split_value(str v):
     # Only a value starting with 'A' once decoded can be ARRAY:: (%41 decodes to it).
     if PyUnicode_GET_LENGTH(v) >= 7 and PyUnicode_READ_CHAR(v, 0) == 65:
@@ -989,6 +1008,8 @@ cdef class ESLEvent:
         cdef uint64_t name_h[_RING]
         cdef uint64_t value_h[_RING]
         cdef uint32_t this_pass
+        cdef PyObject* hit
+        cdef _NameSlot* e
         self._need_lines()
         n = self._nlines
         this_pass = _begin_name_pass()
@@ -1011,16 +1032,32 @@ cdef class ESLEvent:
             if slot < 0:
                 self._drop_cells()
                 return False
-            value = _value_ahead(base, s, urlenc, urlenc, value_h[i & (_RING - 1)])
+            e = &_name_cache[slot]
+            hit = _value_hit(base, s, urlenc, value_h[i & (_RING - 1)])
+            if hit != NULL and e.seen != this_pass and _name_pass == this_pass:
+                # Nearly every line: a name met once and a cached value. The str is
+                # borrowed from the cache and stored with one reference taken, no
+                # temporary holding it (which cost a reference-count pair per line).
+                s[3] |= _SEEN
+                cell = self._ncells
+                e.seen = this_pass
+                e.cell = <uint32_t>cell
+                cells[2 * cell] = e.text
+                Py_INCREF(<object>hit)
+                cells[2 * cell + 1] = hit
+                self._ncells = cell + 1
+                continue
+            value = (<object>hit if hit != NULL
+                     else _value_ahead(base, s, urlenc, urlenc, value_h[i & (_RING - 1)]))
             s[3] |= _SEEN
             if _name_pass != this_pass:
                 # An allocation above ran the GC, and a finalizer listed another
                 # message: the marks are its now. Leave this one to _materialize.
                 self._drop_cells()
                 return False
-            if _name_cache[slot].seen == this_pass:
+            if e.seen == this_pass:
                 # A repeated name: one list in wire order, at its first cell.
-                cell = _name_cache[slot].cell
+                cell = e.cell
                 merged = _merge(self._cell_value(cell), value)
                 Py_XDECREF(cells[2 * cell + 1])
                 cells[2 * cell + 1] = NULL
@@ -1029,9 +1066,9 @@ cdef class ESLEvent:
                 self._arrays[cell] = merged
                 continue
             cell = self._ncells
-            _name_cache[slot].seen = this_pass
-            _name_cache[slot].cell = <uint32_t>cell
-            cells[2 * cell] = _name_cache[slot].text
+            e.seen = this_pass
+            e.cell = <uint32_t>cell
+            cells[2 * cell] = e.text
             if type(value) is str:
                 Py_INCREF(value)
                 cells[2 * cell + 1] = <PyObject*>value
