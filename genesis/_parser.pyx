@@ -127,20 +127,24 @@ cdef extern from *:
     }
 
     /* The first ':' in p[s:ve), or NULL; p[s:stop) may be read. Header names are short,
-       so the colon is nearly always in the first 16 bytes: one compare, no call. */
+       so the colon is nearly always in the first 32 bytes: one test, no call. (16 bytes
+       at a time took 1.8 rounds per line of the corpus: Caller-Caller-ID-Number,
+       variable_...) */
     static inline const char* genesis_colon(const char* p, Py_ssize_t s, Py_ssize_t ve,
                                             Py_ssize_t stop) {
     #if defined(__SSE2__)
         const __m128i colon = _mm_set1_epi8(58);
         unsigned m;
-        while (s < ve && s + 16 <= stop) {
+        while (s < ve && s + 32 <= stop) {
             m = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(
-                    _mm_loadu_si128((const __m128i*)(p + s)), colon));
+                    _mm_loadu_si128((const __m128i*)(p + s)), colon))
+              | (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(
+                    _mm_loadu_si128((const __m128i*)(p + s + 16)), colon)) << 16;
             if (m) {
                 s += __builtin_ctz(m);
                 return s < ve ? p + s : NULL;
             }
-            s += 16;
+            s += 32;
         }
     #endif
         return s < ve ? (const char*)memchr(p + s, 58, ve - s) : NULL;
