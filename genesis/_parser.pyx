@@ -1096,7 +1096,7 @@ cdef class ESLEvent:
         self._cells = NULL
         self._arrays = None
 
-    cdef inline object _cell_value(self, Py_ssize_t i):
+    cdef object _cell_value(self, Py_ssize_t i):
         cdef PyObject* cell = self._cells[2 * i + 1]
         return (<dict>self._arrays)[i] if cell == NULL else <object>cell
 
@@ -1205,7 +1205,11 @@ cdef class ESLEvent:
         if self._cells != NULL and i < self._ncells and self._cells[2 * i] == <PyObject*>key:
             self._next = i + 1
             cell = self._cells[2 * i + 1]
-            return (<dict>self._arrays)[i] if cell == NULL else <object>cell
+            if cell != NULL:
+                return <object>cell
+            # A list, in _arrays: the dict lookup is out of line, so that this path
+            # needs no stack frame of its own.
+            return self._cell_value(i)
         return self._item(key)
 
     cdef object _item(self, object key):
