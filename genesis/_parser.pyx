@@ -200,6 +200,21 @@ cdef extern from *:
         *cnt = n;
         return 0;
     }
+
+    /* Copy the 16 bytes at src to dst; how many come before the first '%' (16: none). */
+    static inline int genesis_copy_to_percent(const char* src, char* dst) {
+    #if defined(__SSE2__)
+        __m128i v = _mm_loadu_si128((const __m128i*)src);
+        unsigned m = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(37)));
+        _mm_storeu_si128((__m128i*)dst, v);
+        return m ? __builtin_ctz(m) : 16;
+    #else
+        int k = 0;
+        memcpy(dst, src, 16);
+        while (k < 16 && src[k] != 37) k++;
+        return k;
+    #endif
+    }
     """
     ctypedef struct genesis_block:
         Py_ssize_t head, body, cl, en, sub, uid
@@ -207,6 +222,7 @@ cdef extern from *:
     void genesis_scan_block(const char* p, Py_ssize_t n, genesis_block* b) noexcept nogil
     int genesis_index(const char* p, Py_ssize_t* pos, Py_ssize_t stop, uint32_t* lines,
                       Py_ssize_t* cnt, Py_ssize_t cap) noexcept nogil
+    int genesis_copy_to_percent(const char* src, char* dst) noexcept nogil
 
 cdef extern from "Python.h":
     dict _PyDict_NewPresized(Py_ssize_t minused)
@@ -473,11 +489,19 @@ cdef Py_ssize_t _unescape(const char* src, Py_ssize_t n, char* dst) noexcept nog
     FreeSWITCH's encoder never writes ``+`` for a space, and refusing a stray
     ``%`` would turn one odd header into a dropped connection.
     """
-    cdef Py_ssize_t i = 0, o = 0
+    cdef Py_ssize_t i = 0, o = 0, k
     cdef int hi, lo
     cdef unsigned char c
     while i < n:
         c = <unsigned char>src[i]
+        if c != 37 and i + 16 <= n:
+            # The bytes up to the next '%' are copied 16 at a time (a byte at a time
+            # cost ~900 instructions per dict(event): Event-Date-GMT and the other
+            # long values with escapes miss the value cache). dst has room: o <= i.
+            k = genesis_copy_to_percent(src + i, dst + o)
+            i += k
+            o += k
+            continue
         if c == 37 and i + 2 < n:
             hi = _hexval(<unsigned char>src[i + 1])
             lo = _hexval(<unsigned char>src[i + 2])
