@@ -1038,8 +1038,15 @@ cdef class ESLEvent:
         cdef uint32_t this_pass
         cdef PyObject* hit
         cdef _NameSlot* e
+        # The line array and the count of cells filled, in locals: the compiler cannot
+        # keep self's fields in registers across the stores to the cells and the cache,
+        # and reloaded both on every line (self._ncells is still written each time, for
+        # _drop_cells after an error).
+        cdef uint32_t* lines
+        cdef Py_ssize_t ncells = 0
         self._need_lines()
         n = self._nlines
+        lines = self._lines
         this_pass = _begin_name_pass()
         cells = <PyObject**>PyMem_Malloc((2 * n or 1) * sizeof(PyObject*))
         if cells == NULL:
@@ -1049,13 +1056,13 @@ cdef class ESLEvent:
         # _drop_cells frees.
         self._cells = cells
         self._ncells = 0
-        for i in range(-_AHEAD, n):
+        for j in range(min(_AHEAD, n)):
+            _hash_ahead(base, lines + j * _SLOT, j, name_h, value_h, urlenc)
+        for i in range(n):
             j = i + _AHEAD
             if j < n:
-                _hash_ahead(base, self._lines + j * _SLOT, j, name_h, value_h, urlenc)
-            if i < 0:
-                continue
-            s = self._lines + i * _SLOT
+                _hash_ahead(base, lines + j * _SLOT, j, name_h, value_h, urlenc)
+            s = lines + i * _SLOT
             slot = _name_slot(base + s[0], s[1], name_h[i & (_RING - 1)])
             if slot < 0:
                 self._drop_cells()
@@ -1067,13 +1074,13 @@ cdef class ESLEvent:
                 # borrowed from the cache and stored with one reference taken, no
                 # temporary holding it (which cost a reference-count pair per line).
                 s[3] |= _SEEN
-                cell = self._ncells
                 e.seen = this_pass
-                e.cell = <uint32_t>cell
-                cells[2 * cell] = e.text
+                e.cell = <uint32_t>ncells
+                cells[2 * ncells] = e.text
                 Py_INCREF(<object>hit)
-                cells[2 * cell + 1] = hit
-                self._ncells = cell + 1
+                cells[2 * ncells + 1] = hit
+                ncells += 1
+                self._ncells = ncells
                 continue
             value = (<object>hit if hit != NULL
                      else _value_ahead(base, s, urlenc, urlenc, value_h[i & (_RING - 1)]))
@@ -1093,21 +1100,21 @@ cdef class ESLEvent:
                     self._arrays = {}
                 self._arrays[cell] = merged
                 continue
-            cell = self._ncells
             e.seen = this_pass
-            e.cell = <uint32_t>cell
-            cells[2 * cell] = e.text
+            e.cell = <uint32_t>ncells
+            cells[2 * ncells] = e.text
             if type(value) is str:
                 Py_INCREF(value)
-                cells[2 * cell + 1] = <PyObject*>value
+                cells[2 * ncells + 1] = <PyObject*>value
             else:
-                cells[2 * cell + 1] = NULL
+                cells[2 * ncells + 1] = NULL
                 if self._arrays is None:
                     self._arrays = {}
-                self._arrays[cell] = value
-            self._ncells = cell + 1
+                self._arrays[ncells] = value
+            ncells += 1
+            self._ncells = ncells
         self._next = 0
-        self._decoded = self._ncells
+        self._decoded = ncells
         return True
 
     cdef void _drop_cells(self) noexcept:
