@@ -65,7 +65,7 @@ def test_plain_event_with_inner_body(twin: ModuleType) -> None:
 
 
 def test_an_empty_header_name_is_a_header_like_any_other(twin: ModuleType) -> None:
-    # Its name decodes to "" (the name cache's empty slots look like it: hash 0, length 0).
+    # Its name decodes to "" (a length-0 name, as the name cache's empty slots have).
     event = _one(twin, _event(b"Event-Name: X\n: empty-name\nA: 1\n: again\n"))
     assert dict(event) == {"Event-Name": "X", "": ["empty-name", "again"], "A": "1"}
     assert dict(twin.HeaderFlattener().flatten(_one(
