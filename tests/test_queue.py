@@ -89,6 +89,14 @@ async def _depth_is(backend: QueueBackend, queue_id: str, n: int) -> bool:
     return await backend.depth(queue_id) == n
 
 
+async def _waiting_behind_holder(backend: QueueBackend, item: str) -> asyncio.Task[None]:
+    """"holder" takes the one slot of "q"; ``item``'s wait (no timeout) is first in line."""
+    await asyncio.wait_for(backend.wait_and_acquire("q", "holder", 1, WAIT), WAIT)
+    waiting = asyncio.create_task(backend.wait_and_acquire("q", item, 1, None))
+    await until(lambda: _depth_is(backend, "q", 1), WAIT)
+    return waiting
+
+
 async def test_concurrency_limit(backend: QueueBackend) -> None:
     queue = Queue(backend)
     inside = 0
@@ -224,9 +232,7 @@ async def test_release_of_a_waiting_item_ends_its_wait(backend: QueueBackend) ->
     raises QueueReleasedError, and the slot goes to the next one in line. (In memory the
     wait went on for an item no longer in line, for good without a timeout; Redis put the
     item back at the end of the line and later gave it a slot nobody wanted.)"""
-    await asyncio.wait_for(backend.wait_and_acquire("q", "holder", 1, WAIT), WAIT)
-    gone = asyncio.create_task(backend.wait_and_acquire("q", "gone", 1, None))
-    await until(lambda: _depth_is(backend, "q", 1), WAIT)
+    gone = await _waiting_behind_holder(backend, "gone")
     nxt = asyncio.create_task(backend.wait_and_acquire("q", "next", 1, WAIT))
     await until(lambda: _depth_is(backend, "q", 2), WAIT)
     await backend.release("q", "gone")
@@ -245,9 +251,7 @@ async def test_a_released_wait_frees_its_item_id_for_a_new_wait_at_once(
     """Right after release() of a waiting item returns, a new wait with the same item id
     takes a new place, and the released wait still ends released. (Redis refused the new
     wait as a second caller until the released wait's next poll.)"""
-    await asyncio.wait_for(backend.wait_and_acquire("q", "holder", 1, WAIT), WAIT)
-    gone = asyncio.create_task(backend.wait_and_acquire("q", "x", 1, None))
-    await until(lambda: _depth_is(backend, "q", 1), WAIT)
+    gone = await _waiting_behind_holder(backend, "x")
     await backend.release("q", "x")
     again = asyncio.create_task(backend.wait_and_acquire("q", "x", 1, WAIT))
     with pytest.raises(QueueReleasedError):
@@ -265,9 +269,7 @@ async def test_a_place_taken_again_after_a_release_does_not_revive_the_released_
     """enqueue() of an item right after release() took its waiting caller out of line
     takes a new place: the released wait still ends released. (Redis took that place for
     the released wait's, which went on waiting and would have taken the slot.)"""
-    await asyncio.wait_for(backend.wait_and_acquire("q", "holder", 1, WAIT), WAIT)
-    gone = asyncio.create_task(backend.wait_and_acquire("q", "x", 1, None))
-    await until(lambda: _depth_is(backend, "q", 1), WAIT)
+    gone = await _waiting_behind_holder(backend, "x")
     await backend.release("q", "x")
     await backend.enqueue("q", "x")
     with pytest.raises(QueueReleasedError):
