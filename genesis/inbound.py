@@ -110,6 +110,8 @@ class Inbound(Protocol):
         self._reconnector: asyncio.Task[None] | None = None
         self._callbacks: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        # Set while a stop() runs: a concurrent stop() waits for it instead of stopping again.
+        self._stop_done: asyncio.Future[None] | None = None
         # The wait before the next reconnect's first attempt: grows across losses of
         # short-lived connections, so a flapping server is not hammered.
         self._backoff = reconnect_delay
@@ -174,8 +176,14 @@ class Inbound(Protocol):
 
         The close waits up to 1 s for the socket to close, then aborts it. Cancelled
         during that wait, it aborts the socket at once and still stops the handlers
-        before the CancelledError propagates.
+        before the CancelledError propagates. A stop() called while another runs waits
+        for that one to finish.
         """
+        running = self._stop_done
+        if running is not None:
+            await asyncio.shield(running)
+            return
+        done = self._stop_done = asyncio.get_running_loop().create_future()
         self._stopping = True
         reconnector, self._reconnector = self._reconnector, None
         try:
@@ -194,11 +202,15 @@ class Inbound(Protocol):
                     await self._dispatcher.close()
                 finally:
                     self._finish(None)
+                    self._stop_done = None
+                    done.set_result(None)
 
     def _finish(self, error: BaseException | None) -> None:
-        self._tell_watchers(False)
         closed = self._closed
-        if closed is not None and not closed.done():
+        if closed is not None and closed.done():
+            return  # this connection's end was settled and told already
+        self._tell_watchers(False)
+        if closed is not None:
             if error is None:
                 closed.set_result(None)
             else:

@@ -260,3 +260,47 @@ async def test_a_cancel_landing_with_the_reply_is_not_dropped(
         assert await client.api("echo next", timeout=2) == "next"  # nothing shifted
     finally:
         await asyncio.wait_for(client.stop(), 2)
+
+
+async def test_concurrent_stops_end_the_connection_once(server: ESLServer) -> None:
+    client = Inbound("127.0.0.1", server.port, "ClueCon", timeout=2)
+    await asyncio.wait_for(client.start(), 2)
+    told: list[bool] = []
+    client.watch_gaps(told.append)
+    dispatcher = client._dispatcher
+    closes = 0
+    close = dispatcher.close
+
+    async def counted_close() -> None:
+        nonlocal closes
+        closes += 1
+        await close()
+
+    dispatcher.close = counted_close  # type: ignore[method-assign]
+    first = asyncio.ensure_future(client.stop())
+    await asyncio.sleep(0)  # the first stop() is under way
+    second = asyncio.ensure_future(client.stop())
+    await asyncio.wait_for(asyncio.gather(first, second), 3)
+    # The second waited for the first rather than stopping the handlers again.
+    assert told == [False] and closes == 1 and client.writer is None
+    await asyncio.wait_for(client.wait_closed(), 2)
+    await asyncio.wait_for(client.stop(), 2)  # a later stop() has nothing left to tell
+    assert told == [False]
+    # And the client starts again, its next end told as its own.
+    await asyncio.wait_for(client.start(), 2)
+    await asyncio.wait_for(client.stop(), 2)
+    assert told == [False, False]
+
+
+async def test_a_stop_after_a_loss_tells_no_second_end(server: ESLServer) -> None:
+    client = Inbound("127.0.0.1", server.port, "ClueCon", timeout=2, reconnect=False)
+    await asyncio.wait_for(client.start(), 2)
+    told: list[bool] = []
+    client.watch_gaps(told.append)
+    await server.wait_for(lambda: len(server.connections) == 1, timeout=2)
+    server.connections[0].close()
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(client.wait_closed(), 2)
+    assert told == [False]
+    await asyncio.wait_for(client.stop(), 2)
+    assert told == [False]
