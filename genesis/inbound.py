@@ -152,8 +152,11 @@ class Inbound(Protocol):
 
         Raises ConnectionTimeoutError, ConnectionError (refused, unreachable: the OSError
         is the cause; or :meth:`stop` was called meanwhile) or AuthenticationError. May be
-        called again after :meth:`stop`.
+        called again after :meth:`stop`, or during it: it then waits for the stop to finish.
         """
+        stopping = self._stop_done
+        if stopping is not None:
+            await asyncio.shield(stopping)
         if self._transport is not None or self._reconnector is not None:
             raise GenesisError("already started: call stop() first")
         self._stopping = False

@@ -304,3 +304,27 @@ async def test_a_stop_after_a_loss_tells_no_second_end(server: ESLServer) -> Non
     assert told == [False]
     await asyncio.wait_for(client.stop(), 2)
     assert told == [False]
+
+
+async def test_a_start_during_a_stop_waits_for_it_then_connects(server: ESLServer) -> None:
+    client = Inbound("127.0.0.1", server.port, "ClueCon", timeout=2)
+    await asyncio.wait_for(client.start(), 2)
+    stopping = asyncio.ensure_future(client.stop())
+    await asyncio.sleep(0)  # the stop is under way: its socket is closing
+    try:
+        await asyncio.wait_for(client.start(), 3)
+        assert stopping.done()
+        # The stop was over before the new connection opened: none of it lands on that one.
+        for _ in range(20):
+            await asyncio.sleep(0)
+        closed = asyncio.ensure_future(client.wait_closed())
+        seen = asyncio.Event()
+        client.on("HEARTBEAT", lambda event: seen.set())
+        await server.wait_for(lambda: len(server.connections) == 2, timeout=2)
+        server.broadcast(corpus_event("HEARTBEAT"))
+        await asyncio.wait_for(seen.wait(), 2)
+        assert await client.api("echo again", timeout=2) == "again"
+        assert not closed.done() and client.is_connected
+        closed.cancel()
+    finally:
+        await asyncio.wait_for(client.stop(), 2)
