@@ -225,7 +225,7 @@ class Channel:
         channel = cls(session, session.uuid, None, context)  # type: ignore[arg-type]
         state = context.get("Channel-State")
         if isinstance(state, str):
-            channel._enter(ChannelState.from_freeswitch(state))
+            channel._enter_reported(state)
         channel._answered = context.get("Answer-State") == "answered"
         channel._attach_routing()
         return channel
@@ -406,7 +406,7 @@ class Channel:
         if name == "CHANNEL_STATE":
             state = _header(event, "Channel-State")
             if state is not None:
-                self._enter(ChannelState.from_freeswitch(state))
+                self._enter_reported(state)
         elif name == "CHANNEL_ANSWER":
             self._answered = True
             self._answered_at = time.monotonic()
@@ -431,6 +431,16 @@ class Channel:
     def _enter(self, state: ChannelState) -> None:
         self._state = state
         self._visited.add(state)
+
+    def _enter_reported(self, name: str) -> None:
+        """Enter the state a Channel-State header names. A name this release does not know
+        (a later FreeSWITCH's) keeps the last known state: NONE would read as "not started"
+        and make a wait for a state already passed wait again."""
+        state = ChannelState.from_freeswitch(name)
+        if state is ChannelState.NONE and name.upper() not in ("CS_NONE", "NONE"):
+            logger.debug("channel %s: unknown Channel-State %r ignored", self.uuid, name)
+            return
+        self._enter(state)
 
     def _mark_hungup(self, cause: str | None) -> None:
         """The leg has hung up (``cause`` None when its hangup event was lost)."""

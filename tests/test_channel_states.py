@@ -90,3 +90,18 @@ async def test_none_is_not_a_state_to_wait_for(client: Inbound) -> None:
     with pytest.raises(ValueError, match="NONE"):
         await leg.wait("CS_NONE", timeout=WAIT)
     await leg.hangup()
+
+
+async def test_an_unknown_state_name_keeps_the_last_known_state(
+    freeswitch: FreeSwitchSimulator, client: Inbound
+) -> None:
+    leg = await _answered(client)
+    seen = asyncio.create_task(leg.wait("CHANNEL_STATE", timeout=WAIT))
+    await asyncio.sleep(0)
+    # A state this release has no name for, as a later FreeSWITCH might send.
+    freeswitch.channels[leg.uuid].fire("CHANNEL_STATE", post={"Channel-State": "CS_LATER"})
+    assert _state_of(await asyncio.wait_for(seen, WAIT)) == "CS_LATER"
+    assert leg.state is ChannelState.EXECUTE
+    # Waits on states already passed still return at once.
+    await leg.wait(ChannelState.ROUTING, timeout=0.5)
+    await leg.hangup()
