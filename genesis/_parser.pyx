@@ -23,7 +23,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.list cimport PyList_Append, PyList_AsTuple
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from cpython.object cimport PyObject
+from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.unicode cimport PyUnicode_DecodeUTF8, PyUnicode_GET_LENGTH, PyUnicode_READ_CHAR
 cimport cython
@@ -233,7 +233,7 @@ cdef extern from "Python.h":
     Py_ssize_t Py_REFCNT(PyObject* o)
     PyObject* PyList_GET_ITEM(object lst, Py_ssize_t i)
     Py_ssize_t PyList_GET_SIZE(object lst)
-    PyObject* Py_TYPE(PyObject* o)
+    PyTypeObject* Py_TYPE(PyObject* o)
 
 KIND_AUTH_REQUEST = 1
 KIND_COMMAND_REPLY = 2
@@ -1823,7 +1823,7 @@ cdef class Parser:
         cdef PyObject* item
         for i in range(PyList_GET_SIZE(messages)):
             item = PyList_GET_ITEM(messages, i)
-            if Py_REFCNT(item) > 1 and Py_TYPE(item) == <PyObject*>ESLEvent:
+            if Py_REFCNT(item) > 1 and Py_TYPE(item) == <PyTypeObject*>ESLEvent:
                 (<ESLEvent>item)._detach()
 
     @property
