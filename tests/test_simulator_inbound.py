@@ -257,6 +257,23 @@ async def test_exit(freeswitch: FreeSwitchSimulator) -> None:
     assert client.frames[-1].body == GOODBYE
 
 
+async def test_nothing_follows_the_disconnect_notice(freeswitch: FreeSwitchSimulator) -> None:
+    """Events raised while the goodbye is still being written are not sent behind it."""
+    client = await Esl.open(freeswitch)
+    await client.send("event plain HEARTBEAT")
+    commands = freeswitch.stats["commands"]
+    freeswitch.faults.stall(0.3)  # the writer waits before "+OK bye" and the notice
+    client.write(b"exit\n\n")
+    while freeswitch.stats["commands"] == commands:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the exit has queued its reply and notice, and waits on them
+    freeswitch.emit(freeswitch.identity.common("HEARTBEAT"))
+    await client.closed()
+    assert [f.content_type for f in client.frames[-2:]] == [
+        "command/reply", "text/disconnect-notice"]
+    assert client.events == []
+
+
 async def test_api_holds_events_until_its_reply(freeswitch: FreeSwitchSimulator) -> None:
     """mod_event_socket runs api in the connection thread: no event overtakes the reply."""
     freeswitch.endpoint("user/1001", answer_after=0.1)

@@ -149,6 +149,9 @@ class Listener:
         self.linger: float | None = None
         self.resume = False
         self.closed = False
+        # The closing notice is queued (close()): FreeSWITCH sends nothing after it, so
+        # events and replies raised while it drains are dropped, not written behind it.
+        self._sealed = False
         #: outbound: the channel is gone or hung up without linger, its events stop here.
         self.detached = False
         self.subscribed = asyncio.Event()
@@ -164,7 +167,7 @@ class Listener:
     # -- subscription ---------------------------------------------------------------
     def wants(self, name: str) -> bool:
         """Could an event called ``name`` pass this connection's subscription?"""
-        if self.closed or not self.connected:
+        if self.closed or self._sealed or not self.connected:
             return False
         if self.all_events:
             return name not in self.nixed
@@ -172,7 +175,7 @@ class Listener:
 
     def accepts(self, event: Emitted) -> bool:
         """FreeSWITCH's delivery rule: subscribed name, myevents channel, then filters."""
-        if self.closed or not self.connected:
+        if self.closed or self._sealed or not self.connected:
             return False
         if self.detached and self.channel is not None and event.channel_uuid == self.channel.uuid:
             return False
@@ -218,7 +221,7 @@ class Listener:
 
     # -- writing ----------------------------------------------------------------------
     def write(self, frame: bytes, *, event: bool = False) -> None:
-        if self.closed:
+        if self.closed or self._sealed:
             return
         self._out.append((frame, event))
         self._drained.clear()
@@ -281,10 +284,11 @@ class Listener:
 
     async def close(self, notice: bytes | None = None) -> None:
         """Write ``notice`` after everything queued, then close the socket."""
-        if self.closed:
+        if self.closed or self._sealed:
             return
         if notice is not None:
             self.write(notice)
+        self._sealed = True
         await self.flush()
         self.closed = True
         self._wake.set()
