@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 
@@ -12,6 +11,7 @@ from genesis.exceptions import ChannelError
 from genesis.group import RingGroup, RingMode
 from genesis.inbound import Inbound
 from genesis.testing import FreeSwitchSimulator
+from tests.polling import until
 
 
 async def test_channel_lifecycle(freeswitch: FreeSwitchSimulator) -> None:
@@ -29,9 +29,9 @@ async def test_channel_lifecycle(freeswitch: FreeSwitchSimulator) -> None:
         await b.wait("EXECUTE", timeout=3)
         await asyncio.wait_for(a.bridge(b), 5)
         simulated = freeswitch.channels[a.uuid]
-        await asyncio.wait_for(_until(lambda: simulated.bridged_to == b.uuid), 5)
+        await until(lambda: simulated.bridged_to == b.uuid, 5)
         await asyncio.wait_for(a.hangup(), 5)
-        await asyncio.wait_for(_until(lambda: not freeswitch.channels), 5)
+        await until(lambda: not freeswitch.channels, 5)
         assert digits == ["5"]
         with pytest.raises(ChannelError) as failed:
             await asyncio.wait_for(Channel.create(client, "user/1999"), 5)
@@ -48,10 +48,5 @@ async def test_ring_group_parallel(freeswitch: FreeSwitchSimulator) -> None:
             RingGroup.ring(client, group, RingMode.PARALLEL, timeout=3), 10
         )
         assert winner is not None and winner.dial_path == "user/1002"
-        await asyncio.wait_for(_until(lambda: len(freeswitch.channels) == 1), 5)
+        await until(lambda: len(freeswitch.channels) == 1, 5)
         assert next(iter(freeswitch.channels)) == winner.uuid
-
-
-async def _until(condition: Callable[[], bool]) -> None:
-    while not condition():
-        await asyncio.sleep(0.01)

@@ -9,6 +9,7 @@ import pytest
 from test_simulator_support import Esl
 
 from genesis.testing import FreeSwitchSimulator
+from tests.polling import until
 
 GOODBYE = "Disconnected, goodbye.\nSee you at ClueCon! http://www.cluecon.com/\n"
 COMMON = [
@@ -264,8 +265,7 @@ async def test_nothing_follows_the_disconnect_notice(freeswitch: FreeSwitchSimul
     commands = freeswitch.stats["commands"]
     freeswitch.faults.stall(0.3)  # the writer waits before "+OK bye" and the notice
     client.write(b"exit\n\n")
-    while freeswitch.stats["commands"] == commands:
-        await asyncio.sleep(0.01)
+    await until(lambda: freeswitch.stats["commands"] > commands, 5)
     await asyncio.sleep(0.05)  # the exit has queued its reply and notice, and waits on them
     freeswitch.emit(freeswitch.identity.common("HEARTBEAT"))
     await client.closed()
