@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from genesis.exceptions import ProtocolError
+
 
 def _event(twin: ModuleType, headers: bytes) -> Any:
     frame = b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % (len(headers) + 1)
@@ -155,11 +157,9 @@ def test_no_headers_and_non_events(twin: ModuleType) -> None:
     assert reply.decoded == 2
 
 
-def test_keys_reentered_from_a_finalizer(twin: ModuleType) -> None:
-    # The ARRAY:: list allocated while listing the first event starts a collection
-    # whose finalizer lists another event: the repeat of B must still merge.
-    event = _event(twin, b"B: b\nA: ARRAY%3A%3A1%7C%3A2\nB: c\n")
-    other = _event(twin, HEADERS)
+def _keys_while_a_finalizer_lists(event: Any, other: Any) -> tuple[list[str], list[list[str]]]:
+    """``list(event.keys())`` while the first allocation runs a collection whose
+    finalizer lists ``other``; the names, and what the finalizer listed."""
     seen: list[list[str]] = []
 
     class Finalized:
@@ -169,6 +169,7 @@ def test_keys_reentered_from_a_finalizer(twin: ModuleType) -> None:
         def __del__(self) -> None:
             seen.append(list(other.keys()))
 
+    gc.collect()
     Finalized()
     threshold = gc.get_threshold()
     gc.set_threshold(1)
@@ -177,6 +178,80 @@ def test_keys_reentered_from_a_finalizer(twin: ModuleType) -> None:
     finally:
         gc.set_threshold(*threshold)
     gc.collect()
+    return names, seen
+
+
+def test_keys_reentered_from_a_finalizer(twin: ModuleType) -> None:
+    # The ARRAY:: list allocated while listing the first event starts a collection
+    # whose finalizer lists another event: the repeat of B must still merge.
+    event = _event(twin, b"B: b\nA: ARRAY%3A%3A1%7C%3A2\nB: c\n")
+    other = _event(twin, HEADERS)
+    names, seen = _keys_while_a_finalizer_lists(event, other)
     assert seen == [list(EXPECTED)]
     assert names == ["B", "A"]
     assert dict(event) == {"B": ["b", "c"], "A": ["1", "2"]}
+
+
+# Lines a parser has met before are answered from a process-wide cache keyed by the
+# line's bytes: each test below lists an event twice, so the second pass is served
+# from it, and must not be told apart from the first.
+LONG = "v" * 120  # longer than the cache holds
+SEEN_TWICE = (b"Event-Name: CUSTOM\r\nEvent-Subclass: x%3A%3Ay\r\nA: 1\r\nB: b\r\nA: 2\r\n"
+              b"Long: " + LONG.encode() + b"\r\nC: ARRAY%3A%3Ap%7C%3Aq\r\nA: 3\r\n")
+SEEN_TWICE_DICT = {"Event-Name": "CUSTOM", "Event-Subclass": "x::y", "A": ["1", "2", "3"],
+                   "B": "b", "Long": LONG, "C": ["p", "q"]}
+
+
+def _event_with_body(twin: ModuleType, headers: bytes, body: bytes) -> Any:
+    inner = headers + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    frame = b"Content-Length: %d\nContent-Type: text/event-plain\n\n" % len(inner)
+    (message,) = twin.Parser().feed(frame + inner)
+    return message
+
+
+def test_a_listed_event_lists_the_same_again(twin: ModuleType) -> None:
+    for _ in range(2):
+        event = _event_with_body(twin, SEEN_TWICE, b"the body")
+        assert dict(event) == SEEN_TWICE_DICT and event.decoded == 6
+        assert list(event.keys()) == list(SEEN_TWICE_DICT)
+        assert event.name == "x::y" and event.body == "the body"
+        # The lines are framing's too: the body's Content-Length is not a header.
+        assert "Content-Length" not in event
+
+
+def test_lines_that_sample_alike_are_told_apart(twin: ModuleType) -> None:
+    # Two 60-byte lines that differ in one byte near their middle, which the line
+    # cache's hash does not read: they share a slot, and only the compare of the bytes
+    # tells the second from the first.
+    first = b"X-Probe-Collision: " + b"a" * 41
+    second = first[:20] + b"b" + first[21:]
+    assert len(first) == len(second) == 60
+    for line in (first, second, first, second):
+        event = _event(twin, b"Event-Name: A\n" + line + b"\n")
+        assert dict(event) == {"Event-Name": "A", "X-Probe-Collision": line[19:].decode()}
+
+
+def test_a_line_without_colon_after_known_lines_fails_every_listing(twin: ModuleType) -> None:
+    good = b"Event-Name: A\nB: b\n"
+    assert dict(_event(twin, good)) == {"Event-Name": "A", "B": "b"}
+    event = _event(twin, good + b"no colon here\nC: c\n")
+    for _ in range(2):
+        with pytest.raises(ProtocolError, match="without ':'") as caught:
+            event.keys()
+        assert caught.value.excerpt == b"no colon here"
+    assert event.get("Event-Name") == "A"
+
+
+def test_keys_reentered_from_a_finalizer_after_a_repeat_merged(twin: ModuleType) -> None:
+    # Every line of the event is known, so listing it allocates nothing until the
+    # repeat of B is merged into a list; that allocation starts a collection whose
+    # finalizer lists another event carrying B. The lines after it must still see
+    # that this event's B was met already.
+    headers = b"B: b\nB: c\nC: x\nB: d\n"
+    assert dict(_event(twin, headers)) == {"B": ["b", "c", "d"], "C": "x"}
+    event = _event(twin, headers)
+    other = _event(twin, b"B: other\n")
+    names, seen = _keys_while_a_finalizer_lists(event, other)
+    assert seen == [["B"]] and dict(other) == {"B": "other"}
+    assert names == ["B", "C"]
+    assert dict(event) == {"B": ["b", "c", "d"], "C": "x"}
