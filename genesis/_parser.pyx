@@ -126,6 +126,15 @@ cdef extern from *:
         }
     }
 
+    /* The type of the first member (the hash) of each cache slot: it aligns the slots
+       to cache lines, so that a 64-byte slot takes one line and a 128-byte slot two.
+       Unaligned, they straddle one more line, and the arrays happened to start mid-line. */
+    #if defined(__GNUC__)
+    typedef uint64_t genesis_slot_hash __attribute__((aligned(64)));
+    #else
+    typedef uint64_t genesis_slot_hash;
+    #endif
+
     /* The line feeds of p[from:stop), one after another, where every line is known to
        end with one before stop (a header block that framing has found complete).
        64 bytes are compared at once and only the line feeds found are looked at. */
@@ -244,6 +253,7 @@ cdef extern from *:
     int genesis_copy_to_percent(const char* src, char* dst) noexcept nogil
     ctypedef struct genesis_lines:
         pass
+    ctypedef uint64_t genesis_slot_hash
     void genesis_lines_start(genesis_lines* st, Py_ssize_t start) noexcept nogil
     Py_ssize_t genesis_next_lf(const char* p, genesis_lines* st, Py_ssize_t stop) noexcept nogil
     const char* genesis_colon(const char* p, Py_ssize_t s, Py_ssize_t ve,
@@ -322,7 +332,7 @@ _ARRAY_SEP = "|:"
 # ---------------------------------------------------------------------------
 
 cdef struct _NameSlot:
-    uint64_t hash
+    genesis_slot_hash hash
     PyObject* text
     uint32_t length
     # The last ``ESLEvent._list`` pass that met this name (a slot met twice in one
@@ -567,7 +577,7 @@ cdef str _url_decode(const char* p, Py_ssize_t n):
 
 
 cdef struct _ValueSlot:
-    uint64_t hash
+    genesis_slot_hash hash
     PyObject* text
     Py_ssize_t length
     char raw[_VALUE_CACHE_MAX_LEN]
@@ -618,7 +628,7 @@ cdef str _value_miss(_ValueSlot* e, const char* p, Py_ssize_t n, uint64_t h):
 cdef struct _LineSlot:
     # A header line as it is on the wire (name, separator, URL-encoded value), with
     # what it decodes to: the str of its value (owned) and its name's _name_cache slot.
-    uint64_t hash
+    genesis_slot_hash hash
     PyObject* value
     uint32_t length
     uint32_t name
