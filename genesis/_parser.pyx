@@ -1444,6 +1444,9 @@ cdef class ESLEvent:
         cdef uint32_t* s
         if self._dict is not None:
             return key in <dict>self._dict
+        if self._cells != NULL:
+            # Listed by keys(), maybe without a line index (_list_block): ask the names.
+            return self._cell_index(key) >= 0
         if not isinstance(key, str):
             return False
         try:
