@@ -12,6 +12,7 @@ import pytest
 from genesis.exceptions import SessionGoneAway
 from genesis.outbound import Outbound, Session
 from tests.esl_server import OUTBOUND_UUID, FakeCall
+from tests.polling import until
 
 
 async def call(port: int, host: str = "127.0.0.1") -> FakeCall:
@@ -183,7 +184,6 @@ async def test_start_block_returns_after_stop() -> None:
 
     server = Outbound(handler, "127.0.0.1", 0)
     runner = asyncio.ensure_future(server.start())
-    while not server.addresses:
-        await asyncio.sleep(0.01)
+    await until(lambda: bool(server.addresses))
     await server.stop()
     await asyncio.wait_for(runner, 2)

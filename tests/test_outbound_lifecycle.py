@@ -37,8 +37,7 @@ async def call(port: int) -> FakeCall:
 async def listening(server: Outbound) -> tuple[asyncio.Future[None], int]:
     """``server.start()`` (blocking) as a task, once it listens; and its port."""
     runner = asyncio.ensure_future(server.start())
-    while not server.addresses:
-        await asyncio.sleep(0.01)
+    await until(lambda: bool(server.addresses))
     return runner, server.addresses[0][1]
 
 
@@ -165,8 +164,7 @@ async def test_stop_returns_when_a_handler_swallows_its_cancellation() -> None:
     server = Outbound(handler, "127.0.0.1", 0)
     await server.start(block=False)
     fake = await call(server.addresses[0][1])
-    while not server.sessions:
-        await asyncio.sleep(0.01)
+    await until(lambda: bool(server.sessions))
     stopping = asyncio.ensure_future(server.stop(timeout=0.1))
     try:
         done, _ = await asyncio.wait([stopping], timeout=CANCEL_GRACE + 3)
