@@ -436,8 +436,8 @@ class Channel:
         """Enter the state a Channel-State header names. A name this release does not know
         (a later FreeSWITCH's) keeps the last known state: NONE would read as "not started"
         and make a wait for a state already passed wait again."""
-        state = ChannelState.from_freeswitch(name)
-        if state is ChannelState.NONE and name.upper() not in ("CS_NONE", "NONE"):
+        state = ChannelState.known(name)
+        if state is None:
             logger.debug("channel %s: unknown Channel-State %r ignored", self.uuid, name)
             return
         self._enter(state)

@@ -31,11 +31,15 @@ class ChannelState(IntEnum):
     @classmethod
     def from_freeswitch(cls, name: str) -> ChannelState:
         """Map ``"CS_EXECUTE"`` (or ``"EXECUTE"``) to the member; unknown names give NONE."""
-        key = name[3:] if name.startswith("CS_") else name
-        try:
-            return cls[key.upper()]
-        except KeyError:
-            return cls.NONE
+        state = cls.known(name)
+        return cls.NONE if state is None else state
+
+    @classmethod
+    def known(cls, name: str) -> ChannelState | None:
+        """``from_freeswitch``, but None for a name this release does not know, so that a
+        caller can tell it from a reported ``CS_NONE``. Case does not matter."""
+        key = name.upper()
+        return cls.__members__.get(key[3:] if key.startswith("CS_") else key)
 
 
 HangupCause = Literal[

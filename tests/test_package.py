@@ -43,6 +43,9 @@ def test_other_contract_modules_import() -> None:
     assert CommandStage.NOT_SENT and LoadBalancerBackend and Protocol and RedisBackend
     assert ChannelState.from_freeswitch("CS_EXECUTE") is ChannelState.EXECUTE
     assert ChannelState.from_freeswitch("CS_BOGUS") is ChannelState.NONE
+    assert ChannelState.known("cs_execute") is ChannelState.EXECUTE
+    assert ChannelState.known("CS_NONE") is ChannelState.NONE
+    assert ChannelState.known("CS_BOGUS") is None and ChannelState.known("") is None
     assert ContextType and EventHandler and HangupCause
     event = parse_headers("Event-Name: HEARTBEAT\nUp-Time: 0%20years")
     assert isinstance(event, ESLEvent) and event["Up-Time"] == "0 years"
