@@ -305,7 +305,7 @@ cdef enum:
     _NAME_CACHE_SIZE = 2048
     _NAME_CACHE_PROBE = 8
     # With these bytes a _NameSlot is 64 bytes, one cache line.
-    _NAME_INLINE = 36
+    _NAME_INLINE = 44
     # 40 bytes hold a UUID (36); with the hash and the str pointer a slot is 64 bytes.
     _VALUE_CACHE_MAX_LEN = 40
     _VALUE_CACHE_SIZE = 4096
@@ -316,7 +316,9 @@ cdef enum:
     _RING = 8
     # A _LineSlot is 128 bytes, two cache lines; lines this long or shorter are cached
     # (99% of the corpus's header lines).
-    _LINE_INLINE = 104
+    _LINE_INLINE = 96
+    # Words of a pass's _met bitmap: one bit per name cache slot.
+    _MET_WORDS = _NAME_CACHE_SIZE // 64
     _LINE_CACHE_SIZE = 4096
     # Cells a header block's pass starts with (names; it grows by doubling).
     _CELLS = 96
@@ -335,18 +337,28 @@ cdef struct _NameSlot:
     genesis_slot_hash hash
     PyObject* text
     uint32_t length
-    # The last ``ESLEvent._list`` pass that met this name (a slot met twice in one
-    # pass is a repeated header name) and the cell it got in that pass. Kept in the
-    # slot, whose cache line the lookup has just loaded, not in arrays of their own:
-    # those cost a cache miss per header line.
-    uint32_t seen
-    uint32_t cell
     # A name this short is confirmed here, in the slot's cache line, without
     # reading the str object: a hit then costs one memory access, not two.
     char raw[_NAME_INLINE]
 
 cdef _NameSlot _name_cache[_NAME_CACHE_SIZE]
-cdef uint32_t _name_pass = 0
+
+
+cdef inline bint _met(uint64_t* met, Py_ssize_t slot) noexcept nogil:
+    """Mark name cache slot ``slot`` in a pass's bitmap; whether it was marked already.
+
+    A pass over one message's lines tells a repeated header name by its slot (a slot
+    holds one name for the life of the process). The bitmap (``_MET_WORDS`` words) is
+    the pass's own, on its stack and cleared when it starts: a collection that one of
+    the pass's allocations starts may run a finalizer that makes a pass over another
+    message, and marks kept in the shared cache would then be that pass's.
+    """
+    cdef uint64_t bit = (<uint64_t>1) << (slot & 63)
+    cdef uint64_t* word = &met[slot >> 6]
+    if word[0] & bit:
+        return True
+    word[0] |= bit
+    return False
 
 
 cdef inline uint32_t _load4(const char* p) noexcept nogil:
@@ -627,9 +639,11 @@ cdef str _value_miss(_ValueSlot* e, const char* p, Py_ssize_t n, uint64_t h):
 
 cdef struct _LineSlot:
     # A header line as it is on the wire (name, separator, URL-encoded value), with
-    # what it decodes to: the str of its value (owned) and its name's _name_cache slot.
+    # what it decodes to: the str of its value (owned), and its name's _name_cache slot
+    # and str (borrowed: a name cache slot lives as long as the process).
     genesis_slot_hash hash
     PyObject* value
+    PyObject* text
     uint32_t length
     uint32_t name
     char raw[_LINE_INLINE]
@@ -654,6 +668,7 @@ cdef void _keep_line(const char* p, Py_ssize_t n, uint64_t h, Py_ssize_t name,
     e.hash = h
     e.length = <uint32_t>n
     e.name = <uint32_t>name
+    e.text = _name_cache[name].text
     memcpy(e.raw, p, n)
 
 
@@ -682,19 +697,6 @@ cdef inline object _line_value(const char* base, uint32_t* s, bint urlenc):
     """The value of the indexed line ``s``: decoded, an ARRAY:: value split."""
     cdef uint32_t n = s[3] & _LEN_MASK
     return _split_value(_value_str(base + s[2], n) if urlenc else _decode_bytes(base + s[2], n))
-
-
-cdef uint32_t _begin_name_pass() noexcept:
-    """A new pass number for the repeat marks (``_NameSlot.seen``)."""
-    global _name_pass
-    cdef Py_ssize_t i
-    _name_pass += 1
-    if _name_pass == 0:
-        # Wrapped after 2**32 passes: stale marks could pass for this pass.
-        for i in range(_NAME_CACHE_SIZE):
-            _name_cache[i].seen = 0
-        _name_pass = 1
-    return _name_pass
 
 
 cdef inline void _hash_ahead(const char* base, uint32_t* s, Py_ssize_t j, uint64_t* name_h,
@@ -1111,9 +1113,9 @@ cdef class ESLEvent:
         # Hashes of the lines ahead, whose cache slots are being prefetched (_hash_ahead).
         cdef uint64_t name_h[_RING]
         cdef uint64_t value_h[_RING]
-        cdef uint32_t this_pass
+        cdef uint64_t met[_MET_WORDS]
         cdef PyObject* hit
-        cdef _NameSlot* e
+        cdef bint repeated
         # The line array and the count of cells filled, in locals: the compiler cannot
         # keep self's fields in registers across the stores to the cells and the cache,
         # and reloaded both on every line (self._ncells is still written each time, for
@@ -1125,7 +1127,7 @@ cdef class ESLEvent:
         self._need_lines()
         n = self._nlines
         lines = self._lines
-        this_pass = _begin_name_pass()
+        memset(met, 0, sizeof(met))
         cells = <PyObject**>PyMem_Malloc((2 * n or 1) * sizeof(PyObject*))
         if cells == NULL:
             raise MemoryError()
@@ -1145,16 +1147,14 @@ cdef class ESLEvent:
             if slot < 0:
                 self._drop_cells()
                 return False
-            e = &_name_cache[slot]
+            repeated = _met(met, slot)
             hit = _value_hit(base, s, urlenc, value_h[i & (_RING - 1)])
-            if hit != NULL and e.seen != this_pass and _name_pass == this_pass:
+            if hit != NULL and not repeated:
                 # Nearly every line: a name met once and a cached value. The str is
                 # borrowed from the cache and stored with one reference taken, no
                 # temporary holding it (which cost a reference-count pair per line).
                 s[3] |= _SEEN
-                e.seen = this_pass
-                e.cell = <uint32_t>ncells
-                cells[2 * ncells] = e.text
+                cells[2 * ncells] = _name_cache[slot].text
                 Py_INCREF(<object>hit)
                 cells[2 * ncells + 1] = hit
                 ncells += 1
@@ -1163,12 +1163,7 @@ cdef class ESLEvent:
             value = (<object>hit if hit != NULL
                      else _value_ahead(base, s, urlenc, urlenc, value_h[i & (_RING - 1)]))
             s[3] |= _SEEN
-            if _name_pass != this_pass:
-                # An allocation above ran the GC, and a finalizer listed another
-                # message: the marks are its now. Leave this one to _materialize.
-                self._drop_cells()
-                return False
-            ncells = self._place(e, value, this_pass)
+            ncells = self._place(_name_cache[slot].text, value, repeated)
         self._next = 0
         self._decoded = ncells
         return True
@@ -1189,12 +1184,12 @@ cdef class ESLEvent:
         # that ran no faster here, for 2.1k more instructions per event.
         cdef Py_ssize_t after = 0, le
         cdef Py_ssize_t pos, n, nl, vs, slot
+        cdef bint repeated
         cdef Py_ssize_t ncells = 0, cap = _CELLS
         cdef const char* colon
         cdef uint64_t h
         cdef _LineSlot* line
-        cdef _NameSlot* e
-        cdef uint32_t this_pass = _begin_name_pass()
+        cdef uint64_t met[_MET_WORDS]
         cdef PyObject** cells
         cdef PyObject** grown
         cells = <PyObject**>PyMem_Malloc(2 * cap * sizeof(PyObject*))
@@ -1203,6 +1198,7 @@ cdef class ESLEvent:
         # Owned from here on, as in _list.
         self._cells = cells
         self._ncells = 0
+        memset(met, 0, sizeof(met))
         genesis_lines_start(&scan, 0)
         while after < stop:
             pos = after
@@ -1222,14 +1218,10 @@ cdef class ESLEvent:
             if h:
                 line = &_line_cache[h & (_LINE_CACHE_SIZE - 1)]
                 if line.hash == h and line.length == n and _same(line.raw, base + pos, n):
-                    e = &_name_cache[line.name]
-                    if e.seen != this_pass and _name_pass == this_pass:
+                    if not _met(met, line.name):
                         # Nearly every line: known, and its name not met yet in this
-                        # event (a repeat, or marks taken by a pass that a collection
-                        # started, go the long way below).
-                        e.seen = this_pass
-                        e.cell = <uint32_t>ncells
-                        cells[2 * ncells] = e.text
+                        # event (a repeat goes the long way below).
+                        cells[2 * ncells] = line.text
                         Py_INCREF(<object>line.value)
                         cells[2 * ncells + 1] = line.value
                         ncells += 1
@@ -1248,46 +1240,44 @@ cdef class ESLEvent:
             if slot < 0:
                 self._drop_cells()
                 return False
-            e = &_name_cache[slot]
+            repeated = _met(met, slot)
             vs = pos + nl + 1
             if vs < pos + n and base[vs] == 32:
                 vs += 1
             value = _split_value(_value_str(base + vs, pos + n - vs))
-            if _name_pass != this_pass:
-                # An allocation above ran the GC, and a finalizer listed another
-                # message: the marks are its now. Leave this one to _materialize.
-                self._drop_cells()
-                return False
             if h and type(value) is str:
                 _keep_line(base + pos, n, h, slot, <str>value)
-            ncells = self._place(e, value, this_pass)
+            ncells = self._place(_name_cache[slot].text, value, repeated)
         self._ncells = ncells
         self._next = 0
         self._decoded = ncells
         return True
 
-    cdef Py_ssize_t _place(self, _NameSlot* e, object value, uint32_t this_pass) except -1:
-        """Put ``value``, the decoded value of a line named ``e``, in the cells after the
-        ``_ncells`` filled (the array has room for one more); the new count.
+    cdef Py_ssize_t _place(self, PyObject* name, object value, bint repeated) except -1:
+        """Put ``value``, the decoded value of a line named ``name`` (a name cache str),
+        in the cells after the ``_ncells`` filled (the array has room for one more);
+        the new count.
 
-        A name met before in this pass (``this_pass``) is merged into one list in wire
-        order, at its first cell.
+        A ``repeated`` name, met before in this pass, is merged into one list in wire
+        order at its first cell, found by identity: repeats are rare.
         """
         cdef PyObject** cells = self._cells
         cdef Py_ssize_t n = self._ncells
-        cdef Py_ssize_t cell
-        if e.seen == this_pass:
-            cell = e.cell
-            merged = _merge(self._cell_value(cell), value)
-            Py_XDECREF(cells[2 * cell + 1])
-            cells[2 * cell + 1] = NULL
-            if self._arrays is None:
-                self._arrays = {}
-            self._arrays[cell] = merged
-            return n
-        e.seen = this_pass
-        e.cell = <uint32_t>n
-        cells[2 * n] = e.text
+        cdef Py_ssize_t cell = 0
+        if repeated:
+            # Every name a pass marks gets its cell before anything can fail, so the
+            # search finds it; bounded all the same.
+            while cell < n and cells[2 * cell] != name:
+                cell += 1
+            if cell < n:
+                merged = _merge(self._cell_value(cell), value)
+                Py_XDECREF(cells[2 * cell + 1])
+                cells[2 * cell + 1] = NULL
+                if self._arrays is None:
+                    self._arrays = {}
+                self._arrays[cell] = merged
+                return n
+        cells[2 * n] = name
         if type(value) is str:
             Py_INCREF(value)
             cells[2 * n + 1] = <PyObject*>value
@@ -2523,7 +2513,7 @@ cdef class HeaderFlattener:
         cdef Py_ssize_t i, j, n, slot, size, mark = len(attrs)
         cdef PyObject* key
         cdef PyObject* old
-        cdef uint32_t this_pass
+        cdef uint64_t met[_MET_WORDS]
         cdef bint repeated
         cdef bint urlenc = event._urlenc
         # Without an allowlist every value is decoded: prefetch its slot too.
@@ -2533,7 +2523,7 @@ cdef class HeaderFlattener:
         event._need_lines()
         base = event._p()
         n = event._nlines
-        this_pass = _begin_name_pass()
+        memset(met, 0, sizeof(met))
         for i in range(-_AHEAD, n):
             j = i + _AHEAD
             if j < n:
@@ -2554,8 +2544,7 @@ cdef class HeaderFlattener:
             if slot < 0:
                 return self._restart(attrs, mark)
             key = self._slot_key(slot)
-            repeated = _name_cache[slot].seen == this_pass
-            _name_cache[slot].seen = this_pass
+            repeated = _met(met, slot)
             if key == <PyObject*>None:
                 continue
             if room <= 0:
@@ -2574,10 +2563,6 @@ cdef class HeaderFlattener:
                 PyDict_SetItem(attrs, <object>key, _join_attribute(<object>old, value))
             else:
                 return self._restart(attrs, mark)
-        if _name_pass != this_pass:
-            # Decoding allocated, the GC ran a finalizer that listed another message,
-            # and the repeat marks were overwritten by its pass.
-            return self._restart(attrs, mark)
         return True
 
     cdef bint _restart(self, dict attrs, Py_ssize_t mark):
