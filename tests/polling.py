@@ -22,3 +22,8 @@ async def until(predicate: Callable[[], bool | Awaitable[bool]], within: float =
             if result:
                 return
             await asyncio.sleep(0.01)
+
+
+async def zero(count: Awaitable[int]) -> bool:
+    """Whether the awaited count is 0: ``until(lambda: zero(balancer.get_count(t)))``."""
+    return not await count

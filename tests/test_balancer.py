@@ -12,8 +12,7 @@ import pytest
 
 import genesis
 from genesis.group import InMemoryLoadBalancer, LoadBalancerBackend, RedisLoadBalancer
-from tests.compat import timeout
-from tests.polling import until
+from tests.polling import until, zero
 from tests.redis_server import kill, run_workers, spawn_python
 
 WAIT = 10.0
@@ -196,9 +195,7 @@ async def cancel_behind_busy_script(lb: RedisLoadBalancer, busy_client: Any,
     with pytest.raises(asyncio.CancelledError):
         await calling
     await asyncio.wait_for(busy, WAIT)
-    async with timeout(WAIT):
-        while await lb.get_count("gw"):
-            await asyncio.sleep(0.01)
+    await until(lambda: zero(lb.get_count("gw")), WAIT)
 
 
 async def test_cancelled_acquire_gives_back_what_it_counted(

@@ -18,7 +18,6 @@ from genesis.inbound import Gap, Inbound
 from genesis.outbound import Outbound, Session
 from genesis.testing import FreeSwitchSimulator
 from genesis.types import ChannelState
-from tests.compat import timeout
 from tests.polling import until
 
 WAIT = 10.0
@@ -46,9 +45,10 @@ def _drop_connections(fs: FreeSwitchSimulator) -> None:
 
 
 async def _until_counted(balancer: InMemoryLoadBalancer, target: str, count: int) -> None:
-    async with timeout(WAIT):
-        while await balancer.get_count(target) != count:
-            await asyncio.sleep(0.01)
+    async def counted() -> bool:
+        return await balancer.get_count(target) == count
+
+    await until(counted, WAIT)
 
 
 async def test_leg_hung_up_in_a_gap_ends_after_the_reconnect(fs: FreeSwitchSimulator) -> None:

@@ -18,8 +18,7 @@ from genesis.outbound import Outbound, Session
 from genesis.testing import FreeSwitchSimulator
 from genesis.testing.channels import Channel as SimChannel
 from genesis.types import ChannelState
-from tests.compat import timeout
-from tests.polling import until
+from tests.polling import until, zero
 
 WAIT = 10.0
 
@@ -115,9 +114,7 @@ async def test_balancing_picks_least_loaded_and_counts_until_the_leg_ends(
     assert await balancer.get_count("user/2002") == 1
     await winner.hangup()
     await winner.wait(ChannelState.HANGUP, timeout=WAIT)
-    async with timeout(WAIT):
-        while await balancer.get_count("user/2002"):
-            await asyncio.sleep(0.01)
+    await until(lambda: zero(balancer.get_count("user/2002")), WAIT)
     assert await balancer.get_count("user/2001") == 1  # the pre-existing call is untouched
 
 
@@ -132,9 +129,8 @@ async def test_balancing_moves_on_when_a_destination_fails(
         WAIT,
     )
     assert winner is not None and winner.dial_path == "user/2002"
-    async with timeout(WAIT):  # the busy leg's count ended with it
-        while await balancer.get_count("user/2004"):
-            await asyncio.sleep(0.01)
+    # The busy leg's count ended with it.
+    await until(lambda: zero(balancer.get_count("user/2004")), WAIT)
     await winner.hangup()
 
 
