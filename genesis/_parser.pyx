@@ -190,6 +190,21 @@ cdef extern from *:
         return s < ve ? (const char*)memchr(p + s, 58, ve - s) : NULL;
     }
 
+    /* Split the header line p[s:ve) (p[s:stop) may be read): the length of its name,
+       with *vs where its value starts (one space after the colon dropped). -1: the line
+       has no colon; -2: it is an inner Content-Length line, framing and no header. */
+    static inline Py_ssize_t genesis_split_line(const char* p, Py_ssize_t s, Py_ssize_t ve,
+                                                Py_ssize_t stop, Py_ssize_t* vs) {
+        const char* c = genesis_colon(p, s, ve, stop);
+        Py_ssize_t colon;
+        if (c == NULL) return -1;
+        colon = c - p;
+        if (colon - s == 14 && memcmp(p + s, "Content-Length", 14) == 0) return -2;
+        *vs = colon + 1;
+        if (*vs < ve && p[*vs] == 32) (*vs)++;
+        return colon - s;
+    }
+
     /* Index the header lines of p[*pos:stop) (each ends with LF before stop) into
        lines[*cnt:cap], four uint32 per line: name start, name length, value
        start, value length (one CR before the LF and one space after the colon
@@ -198,27 +213,23 @@ cdef extern from *:
        *pos has no colon. */
     static int genesis_index(const char* p, Py_ssize_t* pos, Py_ssize_t stop,
                              uint32_t* lines, Py_ssize_t* cnt, Py_ssize_t cap) {
-        Py_ssize_t s = *pos, n = *cnt, le, ve, vs, colon;
+        Py_ssize_t s = *pos, n = *cnt, le, ve, vs = 0, nl;
         genesis_lines scan;
-        const char* c;
         uint32_t* u;
         genesis_lines_start(&scan, s);
         while (s < stop) {
             le = genesis_next_lf(p, &scan, stop);
             ve = (le > s && p[le - 1] == 13) ? le - 1 : le;
-            c = genesis_colon(p, s, ve, stop);
-            if (c == NULL) { *pos = s; *cnt = n; return -1; }
-            colon = c - p;
-            if (colon - s == 14 && memcmp(p + s, "Content-Length", 14) == 0) {
+            nl = genesis_split_line(p, s, ve, stop, &vs);
+            if (nl == -1) { *pos = s; *cnt = n; return -1; }
+            if (nl == -2) {
                 s = le + 1;
                 continue;
             }
             if (n == cap) { *pos = s; *cnt = n; return 1; }
-            vs = colon + 1;
-            if (vs < ve && p[vs] == 32) vs++;
             u = lines + 4 * n;
             u[0] = (uint32_t)s;
-            u[1] = (uint32_t)(colon - s);
+            u[1] = (uint32_t)nl;
             u[2] = (uint32_t)vs;
             u[3] = (uint32_t)(ve - vs);
             n++;
@@ -256,8 +267,8 @@ cdef extern from *:
     ctypedef uint64_t genesis_slot_hash
     void genesis_lines_start(genesis_lines* st, Py_ssize_t start) noexcept nogil
     Py_ssize_t genesis_next_lf(const char* p, genesis_lines* st, Py_ssize_t stop) noexcept nogil
-    const char* genesis_colon(const char* p, Py_ssize_t s, Py_ssize_t ve,
-                              Py_ssize_t stop) noexcept nogil
+    Py_ssize_t genesis_split_line(const char* p, Py_ssize_t s, Py_ssize_t ve, Py_ssize_t stop,
+                                  Py_ssize_t* vs) noexcept nogil
 
 cdef extern from "Python.h":
     dict _PyDict_NewPresized(Py_ssize_t minused)
@@ -965,8 +976,7 @@ cdef class ESLEvent:
                 ve = nl - p
                 if ve > pos and p[ve - 1] == 13:
                     ve -= 1
-                raise ProtocolError("event header line without ':'", self._frame_offset,
-                                    _excerpt(p + pos, ve - pos))
+                raise self._no_colon(p + pos, ve - pos)
             cap *= 2
             grown = <uint32_t*>PyMem_Realloc(lines, cap * _SLOT * sizeof(uint32_t))
             if grown == NULL:
@@ -977,6 +987,11 @@ cdef class ESLEvent:
         self._nlines = cnt
         self._block_end = -1
         return 0
+
+    cdef object _no_colon(self, const char* line, Py_ssize_t n):
+        """The ProtocolError of the header line ``line[:n]`` (no CR LF), which has no colon."""
+        return ProtocolError("event header line without ':'", self._frame_offset,
+                             _excerpt(line, n))
 
     cdef object _route_value(self, Py_ssize_t pos, Py_ssize_t name_len, int bit):
         """The value of the one line of a routing name, read where framing found it."""
@@ -1186,7 +1201,6 @@ cdef class ESLEvent:
         cdef Py_ssize_t pos, n, nl, vs, slot
         cdef bint repeated
         cdef Py_ssize_t ncells = 0, cap = _CELLS
-        cdef const char* colon
         cdef uint64_t h
         cdef _LineSlot* line
         cdef uint64_t met[_MET_WORDS]
@@ -1228,22 +1242,17 @@ cdef class ESLEvent:
                         continue
             # Off the hit path, self._ncells is kept current for _drop_cells.
             self._ncells = ncells
-            colon = genesis_colon(base, pos, pos + n, stop)
-            if colon == NULL:
+            nl = genesis_split_line(base, pos, pos + n, stop, &vs)
+            if nl == -1:
                 self._drop_cells()
-                raise ProtocolError("event header line without ':'", self._frame_offset,
-                                    _excerpt(base + pos, n))
-            nl = colon - (base + pos)
-            if nl == 14 and memcmp(base + pos, b"Content-Length", 14) == 0:
+                raise self._no_colon(base + pos, n)
+            if nl == -2:
                 continue  # the inner framing, checked by Parser._plain
             slot = _name_slot(base + pos, nl, _hash_name(base + pos, nl))
             if slot < 0:
                 self._drop_cells()
                 return False
             repeated = _met(met, slot)
-            vs = pos + nl + 1
-            if vs < pos + n and base[vs] == 32:
-                vs += 1
             value = _split_value(_value_str(base + vs, pos + n - vs))
             if h and type(value) is str:
                 _keep_line(base + pos, n, h, slot, <str>value)
