@@ -149,8 +149,9 @@ class Listener:
         self.linger: float | None = None
         self.resume = False
         self.closed = False
-        # The closing notice is queued (close()): FreeSWITCH sends nothing after it, so
-        # events and replies raised while it drains are dropped, not written behind it.
+        # Nothing more is queued: the closing notice is (close()), and FreeSWITCH sends
+        # nothing after it, so events and replies raised while it drains are dropped; or
+        # the socket is gone (abort(), close() done). Set whenever ``closed`` is.
         self._sealed = False
         #: outbound: the channel is gone or hung up without linger, its events stop here.
         self.detached = False
@@ -167,7 +168,7 @@ class Listener:
     # -- subscription ---------------------------------------------------------------
     def wants(self, name: str) -> bool:
         """Could an event called ``name`` pass this connection's subscription?"""
-        if self.closed or self._sealed or not self.connected:
+        if self._sealed or not self.connected:
             return False
         if self.all_events:
             return name not in self.nixed
@@ -175,7 +176,7 @@ class Listener:
 
     def accepts(self, event: Emitted) -> bool:
         """FreeSWITCH's delivery rule: subscribed name, myevents channel, then filters."""
-        if self.closed or self._sealed or not self.connected:
+        if self._sealed or not self.connected:
             return False
         if self.detached and self.channel is not None and event.channel_uuid == self.channel.uuid:
             return False
@@ -221,7 +222,7 @@ class Listener:
 
     # -- writing ----------------------------------------------------------------------
     def write(self, frame: bytes, *, event: bool = False) -> None:
-        if self.closed or self._sealed:
+        if self._sealed:
             return
         self._out.append((frame, event))
         self._drained.clear()
@@ -274,7 +275,7 @@ class Listener:
         """Close now, dropping what is unsent (``flush``: after what is written)."""
         if self.closed:
             return
-        self.closed = True
+        self.closed = self._sealed = True
         self._wake.set()
         self._drained.set()
         if flush:
@@ -284,7 +285,7 @@ class Listener:
 
     async def close(self, notice: bytes | None = None) -> None:
         """Write ``notice`` after everything queued, then close the socket."""
-        if self.closed or self._sealed:
+        if self._sealed:
             return
         if notice is not None:
             self.write(notice)
