@@ -193,3 +193,40 @@ def test_serializer_round_trip(twin: ModuleType, headers: list[tuple[str, Any]],
     assert parsed.raw_body == body
     assert parsed.content_type == f"text/event-{fmt}"
     assert list(parsed.keys()) == [name for name, _ in headers]
+
+
+# Lines that the compiled twin's line cache and its guess of the next line must tell
+# apart: one line the start of another, the same value escaped or not, a line ending
+# in CR, the longest cached line and the first one too long, bad escapes and bytes.
+_POOL = [b"Event-Name: A", b"Event-Name: B", b"X: 1", b"X: 12", b"X: 1%32", b"X:", b"X: ",
+         b"Y: v\r", b"Y: v", b"Z: ARRAY%3A%3Aa%7C%3Ab", b"W: %E2%82%AC", b"W: %ZZ",
+         b"W: \xff", b"L: " + b"q" * 92, b"L: " + b"q" * 93, b"L: " + b"q" * 94,
+         b"no colon"]
+_BLOCKS = st.lists(st.lists(st.tuples(st.sampled_from(_POOL), st.sampled_from([b"\n", b"\r\n"])),
+                            max_size=8), min_size=1, max_size=6)
+
+
+def _listing(message: Any) -> Any:
+    try:
+        return dict(message), list(message.keys())
+    except ProtocolError as exc:
+        return str(exc), exc.excerpt
+
+
+@settings(max_examples=300, deadline=None)
+@given(blocks=_BLOCKS)
+def test_twins_list_lines_alike(blocks: list[list[tuple[bytes, bytes]]]) -> None:
+    import importlib
+
+    from tests.conftest import _load_twin
+
+    compiled = _load_twin("compiled")
+    python = importlib.import_module("genesis._parser_py")
+    stream = b""
+    for block in blocks:
+        inner = b"".join(line + end for line, end in block) + b"\n"
+        stream += b"Content-Length: %d\nContent-Type: text/event-plain\n\n%s" % (len(inner), inner)
+    ours = [_listing(m) for m in compiled.Parser().feed(stream)]
+    assert ours == [_listing(m) for m in python.Parser().feed(stream)]
+    # Twice: the second time every line is in the caches.
+    assert ours == [_listing(m) for m in compiled.Parser().feed(stream)]
