@@ -826,6 +826,14 @@ cdef bytes _excerpt(const char* p, Py_ssize_t n):
     return PyBytes_FromStringAndSize(p, n if n < _EXCERPT else _EXCERPT)
 
 
+cdef str _number(const char* p, Py_ssize_t n):
+    """The decimal digits ``p[:n]`` as the number they write (no leading zeros)."""
+    while n > 1 and p[0] == 48:
+        p += 1
+        n -= 1
+    return _decode_bytes(p, n)
+
+
 # ---------------------------------------------------------------------------
 # ESLEvent
 # ---------------------------------------------------------------------------
@@ -1817,7 +1825,7 @@ cdef tuple _parse_json(bytes payload, Py_ssize_t offset):
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"JSON event does not parse: {exc}", offset, payload[:_EXCERPT])
     if type(pairs) is not _Pairs:
-        raise ProtocolError("event JSON is not an object", offset, payload[:_EXCERPT])
+        raise ProtocolError("JSON event is not an object", offset, payload[:_EXCERPT])
     for key, value in pairs:
         if not (type(value) is str
                 or (type(value) is list and all(type(v) is str for v in value))):
@@ -1926,10 +1934,13 @@ cdef tuple _parse_xml(bytes payload, Py_ssize_t offset):
     [<body>text</body>]</event>``: values are URL-encoded inside their elements and the
     body is XML-escaped. FreeSWITCH indents the closing ``</body>`` after a body that
     ends in a newline, so Content-Length says where the real body stops.
+
+    The layout is checked first and the headers after, so that a document broken in
+    both places is refused for its layout, as the Python twin's pattern refuses it.
     """
     cdef const char* p = PyBytes_AS_STRING(payload)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(payload)
-    cdef Py_ssize_t i, ns, nl, vs, j, hend, cs = -1, ce = 0, clen
+    cdef Py_ssize_t i, at, ns, nl, vs, j, hend, cs = -1, ce = 0, bs = -1, be = 0, clen
     cdef dict d = {}
     cdef object body = None
     cdef bytes raw
@@ -1941,75 +1952,85 @@ cdef tuple _parse_xml(bytes payload, Py_ssize_t offset):
     if not _at(p, i, n, b"<headers>"):
         raise ProtocolError("XML event does not parse", offset, payload[:_EXCERPT])
     i += 9
-    # The block ends at the first </headers> found where an element would start:
-    # a header may itself be called "headers", so a plain search could stop inside it.
+    # Nothing after the header block may hold "</headers>" (its values stop at '<'),
+    # so the block ends at the last one, and a header may itself be called "headers".
+    hend = payload.rfind(b"</headers>", i)
+    if hend < 0:
+        raise ProtocolError("XML event does not parse", offset, payload[:_EXCERPT])
+    j = _skip_ws(p, hend + 10, n)
+    if _at(p, j, n, b"<Content-Length>"):
+        cs = j + 16
+        ce = cs
+        while ce < n and p[ce] != 60:
+            ce += 1
+        if not _at(p, ce, n, b"</Content-Length>"):
+            raise ProtocolError("XML event does not parse", offset, payload[:_EXCERPT])
+        j = _skip_ws(p, ce + 17, n)
+    if _at(p, j, n, b"<body>"):
+        bs = j + 6
+        be = bs
+        while be < n and p[be] != 60:
+            be += 1
+        if not _at(p, be, n, b"</body>"):
+            raise ProtocolError("XML event does not parse", offset, payload[:_EXCERPT])
+        j = _skip_ws(p, be + 7, n)
+    if not _at(p, j, n, b"</event>") or _skip_ws(p, j + 8, n) != n:
+        raise ProtocolError("XML event does not parse", offset, payload[:_EXCERPT])
+    # The headers, none reaching past the block.
     while True:
-        i = _skip_ws(p, i, n)
-        if _at(p, i, n, b"</headers>"):
-            hend = i
+        at = i
+        i = _skip_ws(p, i, hend)
+        if i == hend:
             break
-        if i >= n or p[i] != 60:
-            raise ProtocolError("XML event header does not parse", offset, payload[:_EXCERPT])
+        if p[i] != 60:
+            _xml_bad_header(payload, at, hend, offset)
         ns = i + 1
         j = ns
-        while j < n and _xml_name_char(p[j]):
+        while j < hend and _xml_name_char(p[j]):
             j += 1
         nl = j - ns
-        if nl == 0 or j >= n:
-            raise ProtocolError("XML event header does not parse", offset, payload[:_EXCERPT])
+        if nl == 0 or j >= hend:
+            _xml_bad_header(payload, at, hend, offset)
         if p[j] == 62:
             vs = j + 1
             j = vs
-            while j < n and p[j] != 60:
+            while j < hend and p[j] != 60:
                 j += 1
-            if not (j + 3 + nl <= n and p[j + 1] == 47
+            if not (j + 3 + nl <= hend and p[j + 1] == 47
                     and memcmp(p + j + 2, p + ns, nl) == 0 and p[j + 2 + nl] == 62):
-                raise ProtocolError("XML event header does not parse", offset,
-                                    payload[:_EXCERPT])
+                _xml_bad_header(payload, at, hend, offset)
             raw = _xml_unescape(p + vs, j - vs, offset, payload)
             i = j + 3 + nl
         else:
-            j = _skip_ws(p, j, n)
-            if not (j + 2 <= n and p[j] == 47 and p[j + 1] == 62):
-                raise ProtocolError("XML event header does not parse", offset,
-                                    payload[:_EXCERPT])
+            j = _skip_ws(p, j, hend)
+            if not (j + 2 <= hend and p[j] == 47 and p[j + 1] == 62):
+                _xml_bad_header(payload, at, hend, offset)
             raw = b""
             i = j + 2
         name = _name_str(p + ns, nl)
         value = _split_array(_value_str(PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw)))
         old = d.get(name)
         d[name] = value if old is None else _merge(old, value)
-    i = _skip_ws(p, hend + 10, n)
-    if _at(p, i, n, b"<Content-Length>"):
-        cs = i + 16
-        ce = cs
-        while ce < n and p[ce] != 60:
-            ce += 1
-        if not _at(p, ce, n, b"</Content-Length>"):
-            raise ProtocolError("XML event does not parse", offset, payload[:_EXCERPT])
-        i = _skip_ws(p, ce + 17, n)
-    if _at(p, i, n, b"<body>"):
-        i += 6
-        j = i
-        while j < n and p[j] != 60:
-            j += 1
-        if not _at(p, j, n, b"</body>"):
-            raise ProtocolError("XML event does not parse", offset, payload[:_EXCERPT])
-        raw = _xml_unescape(p + i, j - i, offset, payload)
+    if bs >= 0:
+        raw = _xml_unescape(p + bs, be - bs, offset, payload)
         if cs >= 0:
             if not _is_digits(p + cs, ce - cs):
                 raise ProtocolError("XML event Content-Length is not a decimal number",
-                                    offset, payload[:_EXCERPT])
+                                    offset, payload[cs:ce][:_EXCERPT])
             clen = _to_int(p + cs, ce - cs, PyBytes_GET_SIZE(raw) + 1)
             if clen < 0 or PyBytes_GET_SIZE(raw) < clen or raw[clen:].strip(b" \t"):
                 raise ProtocolError("XML event body does not match its Content-Length",
                                     offset, raw[:_EXCERPT])
             raw = raw[:clen]
         body = raw
-        i = _skip_ws(p, j + 7, n)
-    if not _at(p, i, n, b"</event>") or _skip_ws(p, i + 8, n) != n:
-        raise ProtocolError("XML event does not parse", offset, payload[:_EXCERPT])
     return d, body
+
+
+cdef int _xml_bad_header(bytes payload, Py_ssize_t at, Py_ssize_t hend,
+                         Py_ssize_t offset) except -1:
+    """Refuse the header at ``at``: the excerpt runs from there, within the block."""
+    raise ProtocolError("XML event header does not parse", offset,
+                        payload[at:min(hend, at + _EXCERPT)])
 
 
 # ---------------------------------------------------------------------------
@@ -2308,8 +2329,8 @@ cdef class Parser:
                 self._fail("frame Content-Length is not a decimal number", f, pos - 1)
             clen = _to_int(f + first, first_len, self.max_body_size)
             if clen < 0:
-                self._fail(f"frame Content-Length exceeds max_body_size {self.max_body_size}",
-                           f, pos - 1)
+                self._fail(f"frame Content-Length {_number(f + first, first_len)} exceeds "
+                           f"max_body_size {self.max_body_size}", f, pos - 1)
         self._clen = clen
         self._classify(f)
         return 0
@@ -2445,12 +2466,14 @@ cdef class Parser:
             vs = self._inner_length(p, b.cl, b.head, &ve)
             if b.cl_n > 1:
                 self._same_lengths(p, b.head, vs, ve)
+            # Excerpt: the header lines up to the last one's line feed, as for the
+            # frame's own Content-Length.
             if not _is_digits(p + vs, ve - vs):
-                self._fail("inner Content-Length is not a decimal number", p, n)
+                self._fail("inner Content-Length is not a decimal number", p, b.head - 1)
             clen = _to_int(p + vs, ve - vs, self.max_body_size)
             if clen < 0:
-                self._fail(f"inner Content-Length exceeds max_body_size {self.max_body_size}",
-                           p, n)
+                self._fail(f"inner Content-Length {_number(p + vs, ve - vs)} exceeds "
+                           f"max_body_size {self.max_body_size}", p, b.head - 1)
             if n - pos != clen:
                 self._fail(f"plain event body "
                            f"{'truncated' if n - pos < clen else 'followed by stray bytes'}: "

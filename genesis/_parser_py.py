@@ -77,8 +77,9 @@ _LINE: Final = re.compile(rb"^([^:\n]*):[ ]?([^\n]*?)\r?$", re.M)
 _EMPTY_BLOCK: Final = re.compile(rb"\r?\n")
 _NO_COLON: Final = re.compile(rb"^[^:\n]*$", re.M)
 # The headers the framer itself needs, found in one scan of the block.
-_FRAMING: Final = re.compile(rb"^(Content-Length|Content-Type|Event-Name):[ ]?([^\n]*?)\r?$", re.M)
-_INNER_LENGTH: Final = re.compile(rb"^Content-Length:[ ]?([^\n]*?)\r?$", re.M)
+_FRAMING: Final = re.compile(
+    rb"^(Content-Length|Content-Type|Event-Name):[ ]?(?P<value>[^\n]*?)\r?$", re.M)
+_INNER_LENGTH: Final = re.compile(rb"^Content-Length:[ ]?(?P<value>[^\n]*?)\r?$", re.M)
 # The names routing reads: a plain event answers them without checking its other
 # lines (see ESLEvent._lookup), as the compiled twin does.
 _ROUTED: Final = {
@@ -422,13 +423,18 @@ class _Fail(Exception):
         self.excerpt = excerpt
 
 
-def _length(values: list[bytes], limit: int, what: str, where: int, frame: bytes) -> int | None:
-    if not values:
+def _length(lines: list[re.Match[bytes]], limit: int, what: str, where: int,
+            frame: bytes) -> int | None:
+    """The value of the Content-Length ``lines`` (matches with a ``value`` group)."""
+    if not lines:
         return None
-    first = values[0]
-    for other in values[1:]:
-        if other != first:
-            raise _Fail(f"two different {what} Content-Length values", where, frame)
+    first = lines[0].group("value")
+    for line in lines[1:]:
+        if line.group("value") != first:
+            # The excerpt is the line that disagrees, as the header reader sees it.
+            text = line.group(0)
+            raise _Fail(f"two different {what} Content-Length values", where,
+                        text[:-1] if text.endswith(b"\r") else text)
     if not first.isdigit():
         # bytes.isdigit() is ASCII-only: '-1', '+1', ' 1' and non-ASCII digits all fail.
         raise _Fail(f"{what} Content-Length is not a decimal number", where, frame)
@@ -558,13 +564,14 @@ class Parser:
         bad = _NO_COLON.search(block)
         if bad is not None:
             raise _Fail("header line without ':'", pos, _bad_line(bad))
-        lengths: list[bytes] = []
+        lengths: list[re.Match[bytes]] = []
         ctype = b""
         has_ctype = False
         event_name = False
-        for name, value in _FRAMING.findall(block):
+        for line in _FRAMING.finditer(block):
+            name, value = line.groups()
             if name == b"Content-Length":
-                lengths.append(value)
+                lengths.append(line)
             elif name == b"Content-Type":
                 if not has_ctype:
                     ctype = value
@@ -601,7 +608,7 @@ def _plain_event(payload: bytes, content_type: str, pos: int, max_body: int) -> 
         raise _Fail("plain event without a complete inner header block", pos, payload)
     block = payload[:found.start()]
     # A line without ':' is found by the first read that indexes the lines.
-    length = _length(_INNER_LENGTH.findall(block), max_body, "inner", pos, block)
+    length = _length(list(_INNER_LENGTH.finditer(block)), max_body, "inner", pos, block)
     rest = len(payload) - found.end()
     if length is None:
         if rest:
@@ -617,45 +624,36 @@ def _plain_event(payload: bytes, content_type: str, pos: int, max_body: int) -> 
     return _lazy(block, KIND_EVENT, content_type, True, length is not None, body)
 
 
-def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # FreeSWITCH writes a re-typed event's duplicate headers as duplicate keys;
-    # keep them all, as the plain form does.
-    merged: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in merged:
-            prior = merged[key]
-            if not isinstance(prior, (str, list)) or not isinstance(value, (str, list)):
-                raise ValueError(f"duplicate JSON key {key!r} with a non-string value")
-            merged[key] = _join(prior, value)
-        else:
-            merged[key] = value
-    return merged
+class _Pairs(list[tuple[str, Any]]):
+    """Marks a decoded JSON object: its pairs in order, so duplicate keys survive."""
 
 
 def _json_event(payload: bytes, content_type: str, pos: int) -> ESLEvent:
     try:
         document = json.loads(payload.decode("utf-8", "surrogateescape"),
-                              object_pairs_hook=_json_pairs)
+                              object_pairs_hook=_Pairs)
     except (ValueError, RecursionError) as exc:
         raise _Fail(f"JSON event does not parse: {exc}", pos, payload) from None
-    if not isinstance(document, dict):
+    if type(document) is not _Pairs:
         raise _Fail("JSON event is not an object", pos, payload)
-    body: bytes | None = None
-    if "_body" in document:
-        text = document.pop("_body")
-        if not isinstance(text, str):
-            raise _Fail("JSON event _body is not a string", pos, payload)
-        body = text.encode("utf-8", "surrogateescape")
-    document.pop("Content-Length", None)
+    # FreeSWITCH writes a re-typed event's duplicate headers as duplicate keys;
+    # keep them all, as the plain form does.
     headers: dict[str, Value] = {}
-    for name, value in document.items():
-        if isinstance(value, str):
-            headers[name] = _split_array(value)
-        elif isinstance(value, list) and all(isinstance(item, str) for item in value):
-            headers[name] = value
-        else:
+    for name, value in document:
+        if not (type(value) is str
+                or (type(value) is list and all(type(item) is str for item in value))):
             raise _Fail(f"JSON event header {name!r} is not a string or array of strings",
                         pos, payload)
+        prior = headers.get(name)
+        headers[name] = value if prior is None else _join(prior, value)
+    text = headers.pop("_body", None)
+    if text is not None and not isinstance(text, str):
+        raise _Fail("JSON event _body is not a string", pos, payload)
+    body = None if text is None else text.encode("utf-8", "surrogateescape")
+    headers.pop("Content-Length", None)
+    for name, value in headers.items():
+        if isinstance(value, str):
+            headers[name] = _split_array(value)
     return _eager(headers, content_type, body)
 
 

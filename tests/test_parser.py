@@ -456,3 +456,59 @@ def test_the_colon_is_found_wherever_it_falls(twin: ModuleType, name_len: int,
     with pytest.raises(ProtocolError) as caught:
         dict(event)
     assert caught.value.excerpt == name
+
+
+def _frame(content_type: bytes, payload: bytes) -> bytes:
+    return b"Content-Length: %d\nContent-Type: %s\n\n" % (len(payload), content_type) + payload
+
+
+def _plain(block: bytes, rest: bytes = b"") -> bytes:
+    return _frame(b"text/event-plain", block + b"\n" + rest)
+
+
+_XML_OK = b"<event>\n  <headers>\n    <Event-Name>A</Event-Name>\n"
+# Every bad input the framer and the event readers refuse, as the wire would carry it.
+BAD_INPUTS = {
+    "no colon": b"Content-Type: command/reply\nno colon here\n\n",
+    "frame lengths differ": b"Content-Type: x\nContent-Length: 1\nContent-Length: 2\n\nab",
+    "frame length not decimal": b"Content-Length: 1x\n\n",
+    "frame length too large": b"Content-Length: 0099999999\n\n",
+    "no inner block": _frame(b"text/event-plain", b"A: b"),
+    "inner lengths differ": _plain(b"A: b\nContent-Length: 1\nContent-Length: 2\n", b"ab"),
+    "inner length not decimal": _plain(b"A: b\nContent-Length: x\n", b"ab"),
+    "inner length too large": _plain(b"A: b\nContent-Length: 0099999999\n", b"ab"),
+    "inner body truncated": _plain(b"A: b\nContent-Length: 5\n", b"ab"),
+    "inner body followed": _plain(b"A: b\nContent-Length: 1\n", b"ab"),
+    "bytes without inner length": _plain(b"A: b\n", b"xyz"),
+    "json does not parse": _frame(b"text/event-json", b"{x}"),
+    "json not an object": _frame(b"text/event-json", b"[]"),
+    "json header not a string": _frame(b"text/event-json", b'{"a": 1}'),
+    "json body not a string": _frame(b"text/event-json", b'{"_body": 1}'),
+    "xml does not parse": _frame(b"text/event-xml", b"<event>"),
+    "xml header does not parse": _frame(
+        b"text/event-xml", _XML_OK + b"    <a>b</c>\n  </headers>\n</event>\n"),
+    "xml header and trailer bad": _frame(
+        b"text/event-xml", _XML_OK + b"    <a>b</c>\n  </headers>\n</evnt>\n"),
+    "xml header cut short": _frame(b"text/event-xml", _XML_OK + b"    <a>b"),
+    "xml reference out of range": _frame(
+        b"text/event-xml", _XML_OK + b"    <a>&#1114112;</a>\n  </headers>\n</event>\n"),
+    "xml length not decimal": _frame(
+        b"text/event-xml", _XML_OK + b"  </headers>\n  <Content-Length>x</Content-Length>\n"
+                           b"  <body>ab</body>\n</event>\n"),
+    "xml body longer than length": _frame(
+        b"text/event-xml", _XML_OK + b"  </headers>\n  <Content-Length>1</Content-Length>\n"
+                           b"  <body>ab</body>\n</event>\n"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_twins_refuse_bad_input_alike(name: str) -> None:
+    from tests.conftest import _load_twin
+
+    def refusal(twin: ModuleType) -> tuple[str, int, bytes, list[Any]]:
+        error = _error(twin, GOOD + BAD_INPUTS[name], twin.Parser(max_body_size=1 << 20))
+        return error.reason, error.offset, error.excerpt, [dict(m) for m in error.messages]
+
+    compiled = refusal(_load_twin("compiled"))
+    assert compiled == refusal(importlib.import_module("genesis._parser_py"))
+    assert compiled[1] == len(GOOD) and 0 < len(compiled[2]) <= 64

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -30,8 +31,6 @@ def _summary(messages: list[Any]) -> list[tuple[Any, ...]]:
 
 @functools.cache
 def _reference(twin_name: str, path: Path) -> list[tuple[Any, ...]]:
-    import importlib
-
     twin = importlib.import_module(twin_name)
     return _summary(twin.Parser().feed(_capture(path)))
 
@@ -155,6 +154,48 @@ def test_mutated_corpus_gives_messages_or_protocol_error(twin: ModuleType, corpu
         assert parser.buffered <= 8192 + 16384 + len(piece) + 64
 
 
+def _outcome(twin: ModuleType, stream: bytes) -> list[Any]:
+    """Every message of ``stream`` read whole, then the refusal that ended it, if any."""
+    outcome: list[Any] = []
+    try:
+        messages = twin.Parser().feed(stream)
+    except ProtocolError as exc:
+        messages, refusal = exc.messages, (exc.reason, exc.offset, exc.excerpt)
+    else:
+        refusal = None
+    for message in messages:
+        try:
+            outcome.append((message.kind, message.content_type, dict(message),
+                            message.raw_body))
+        except ProtocolError as exc:  # a plain event's bad line, found when read
+            outcome.append((exc.reason, exc.offset, exc.excerpt))
+    return [*outcome, refusal]
+
+
+@BOUNDED
+@given(data=st.data())
+def test_twins_agree_on_mutated_corpus(corpus: Path, data: st.DataObject) -> None:
+    from tests.conftest import _load_twin
+
+    compiled = _load_twin("compiled")
+    name = data.draw(st.sampled_from(CAPTURES))
+    capture = _capture(corpus / name)
+    start = capture.find(b"Content-", data.draw(st.integers(0, len(capture) - 30_000)))
+    stream = bytearray(capture[start:start + 30_000])
+    for _ in range(data.draw(st.integers(1, 20))):
+        at = data.draw(st.integers(0, len(stream) - 1))
+        action = data.draw(st.sampled_from(["flip", "delete", "insert"]))
+        if action == "flip":
+            stream[at] = data.draw(st.integers(0, 255))
+        elif action == "delete":
+            del stream[at:at + data.draw(st.integers(1, 50))]
+        else:
+            stream[at:at] = data.draw(st.sampled_from(
+                [b"\n", b"\r", b"\n\n", b":", b"%", b"\xff", b"9", b"<", b"/", b'"', b"{"]))
+    python = importlib.import_module("genesis._parser_py")
+    assert _outcome(compiled, bytes(stream)) == _outcome(python, bytes(stream))
+
+
 def test_huge_header_block_in_tiny_chunks_stays_bounded(twin: ModuleType) -> None:
     parser = twin.Parser(max_header_size=4096)
     with pytest.raises(ProtocolError):
@@ -216,8 +257,6 @@ def _listing(message: Any) -> Any:
 @settings(max_examples=300, deadline=None)
 @given(blocks=_BLOCKS)
 def test_twins_list_lines_alike(blocks: list[list[tuple[bytes, bytes]]]) -> None:
-    import importlib
-
     from tests.conftest import _load_twin
 
     compiled = _load_twin("compiled")
