@@ -1960,19 +1960,11 @@ cdef tuple _parse_xml(bytes payload, Py_ssize_t offset):
     j = _skip_ws(p, hend + 10, n)
     if _at(p, j, n, b"<Content-Length>"):
         cs = j + 16
-        ce = cs
-        while ce < n and p[ce] != 60:
-            ce += 1
-        if not _at(p, ce, n, b"</Content-Length>"):
-            raise ProtocolError("XML event does not parse", offset, payload[:_EXCERPT])
+        ce = _xml_text_end(p, cs, n, b"</Content-Length>", payload, offset)
         j = _skip_ws(p, ce + 17, n)
     if _at(p, j, n, b"<body>"):
         bs = j + 6
-        be = bs
-        while be < n and p[be] != 60:
-            be += 1
-        if not _at(p, be, n, b"</body>"):
-            raise ProtocolError("XML event does not parse", offset, payload[:_EXCERPT])
+        be = _xml_text_end(p, bs, n, b"</body>", payload, offset)
         j = _skip_ws(p, be + 7, n)
     if not _at(p, j, n, b"</event>") or _skip_ws(p, j + 8, n) != n:
         raise ProtocolError("XML event does not parse", offset, payload[:_EXCERPT])
@@ -2024,6 +2016,17 @@ cdef tuple _parse_xml(bytes payload, Py_ssize_t offset):
             raw = raw[:clen]
         body = raw
     return d, body
+
+
+cdef Py_ssize_t _xml_text_end(const char* p, Py_ssize_t s, Py_ssize_t n, bytes close,
+                              bytes payload, Py_ssize_t offset) except -1:
+    """Where the text from ``s`` ends: at the first ``<``, which must start ``close``."""
+    cdef Py_ssize_t e = s
+    while e < n and p[e] != 60:
+        e += 1
+    if not _at(p, e, n, close):
+        raise ProtocolError("XML event does not parse", offset, payload[:_EXCERPT])
+    return e
 
 
 cdef int _xml_bad_header(bytes payload, Py_ssize_t at, Py_ssize_t hend,
