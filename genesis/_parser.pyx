@@ -694,11 +694,16 @@ cdef struct _LineSlot:
 cdef _LineSlot _line_cache[_LINE_CACHE_SIZE]
 
 
-cdef void _keep_line(const char* p, Py_ssize_t n, uint64_t h, Py_ssize_t name,
-                     str value) noexcept:
+cdef inline uint32_t _line_slot(uint64_t h) noexcept nogil:
+    """The line cache slot of a line hashed to ``h``."""
+    return <uint32_t>(h & (_LINE_CACHE_SIZE - 1))
+
+
+cdef _LineSlot* _keep_line(const char* p, Py_ssize_t n, uint64_t h, Py_ssize_t name,
+                           str value) noexcept:
     """Cache the URL-encoded line ``p[:n]`` (hash ``h``): its name is in slot ``name``
-    of the name cache, its value decodes to ``value``."""
-    cdef _LineSlot* e = &_line_cache[h & (_LINE_CACHE_SIZE - 1)]
+    of the name cache, its value decodes to ``value``. Returns its slot."""
+    cdef _LineSlot* e = &_line_cache[_line_slot(h)]
     Py_INCREF(value)
     Py_XDECREF(e.value)
     e.value = <PyObject*>value
@@ -706,9 +711,10 @@ cdef void _keep_line(const char* p, Py_ssize_t n, uint64_t h, Py_ssize_t name,
     e.length = <uint16_t>n
     e.name = <uint16_t>name
     e.text = _name_cache[name].text
-    e.next = <uint32_t>(h & (_LINE_CACHE_SIZE - 1))
+    e.next = _line_slot(h)
     memcpy(e.raw, p, n)
     e.raw[n] = 10
+    return e
 
 
 cdef object _split_array(str value):
@@ -846,15 +852,13 @@ cdef PyObject** _spare_cells[_SPARE_CELLS]
 cdef Py_ssize_t _nspare = 0
 
 
-cdef inline PyObject** _cells_alloc(Py_ssize_t n) noexcept:
-    """An array for ``n`` cells (two pointers each), or NULL; at least ``_CELLS``."""
+cdef inline PyObject** _cells_alloc(Py_ssize_t cap) noexcept:
+    """An array for ``cap`` cells (two pointers each), or NULL."""
     global _nspare
-    if n <= _CELLS:
-        if _nspare:
-            _nspare -= 1
-            return _spare_cells[_nspare]
-        n = _CELLS
-    return <PyObject**>PyMem_Malloc(2 * n * sizeof(PyObject*))
+    if cap == _CELLS and _nspare:
+        _nspare -= 1
+        return _spare_cells[_nspare]
+    return <PyObject**>PyMem_Malloc(2 * cap * sizeof(PyObject*))
 
 
 cdef inline void _cells_free(PyObject** cells, Py_ssize_t cap) noexcept:
@@ -1208,15 +1212,8 @@ cdef class ESLEvent:
         n = self._nlines
         lines = self._lines
         memset(met, 0, sizeof(met))
-        cells = _cells_alloc(n)
-        if cells == NULL:
-            raise MemoryError()
-        self._cellcap = max(n, _CELLS)
-        # Owned from here on (every value cell below _ncells holds a reference or
-        # NULL): an error or a refused name below leaves a partly filled array that
-        # _drop_cells frees.
-        self._cells = cells
-        self._ncells = 0
+        # At least _CELLS, so that the array can be kept for reuse (_cells_free).
+        cells = self._new_cells(max(n, _CELLS))
         for j in range(min(_AHEAD, n)):
             _hash_ahead(base, lines + j * _SLOT, j, name_h, value_h, urlenc)
         for i in range(n):
@@ -1248,6 +1245,21 @@ cdef class ESLEvent:
         self._next = 0
         self._decoded = ncells
         return True
+
+    cdef PyObject** _new_cells(self, Py_ssize_t cap) except NULL:
+        """A cell array of ``cap`` cells, empty, as ``_cells``.
+
+        Owned from here on (every value cell below _ncells holds a reference or NULL):
+        an error or a refused name in a pass leaves a partly filled array that
+        _drop_cells frees.
+        """
+        cdef PyObject** cells = _cells_alloc(cap)
+        if cells == NULL:
+            raise MemoryError()
+        self._cells = cells
+        self._cellcap = cap
+        self._ncells = 0
+        return cells
 
     cdef bint _list_block(self) except -1:
         """``_list`` of a plain event whose lines are not indexed yet: one pass over its bytes.
@@ -1281,13 +1293,7 @@ cdef class ESLEvent:
         cdef uint64_t met[_MET_WORDS]
         cdef PyObject** cells
         cdef PyObject** grown
-        cells = _cells_alloc(cap)
-        if cells == NULL:
-            raise MemoryError()
-        # Owned from here on, as in _list.
-        self._cells = cells
-        self._cellcap = cap
-        self._ncells = 0
+        cells = self._new_cells(cap)
         memset(met, 0, sizeof(met))
         genesis_lines_start(&scan, 0)
         while after < stop:
@@ -1322,25 +1328,30 @@ cdef class ESLEvent:
                 after = le + 1
                 h = _hash_name(base + pos, n) if n <= _LINE_INLINE else 0
                 if h:
-                    line = &_line_cache[h & (_LINE_CACHE_SIZE - 1)]
+                    line = &_line_cache[_line_slot(h)]
                     if line.hash == h and line.length == n and _same(line.raw, base + pos, n):
-                        if prev != NULL and prev.next != <uint32_t>(h & (_LINE_CACHE_SIZE - 1)):
-                            prev.next = <uint32_t>(h & (_LINE_CACHE_SIZE - 1))
+                        if prev != NULL and prev.next != _line_slot(h):
+                            prev.next = _line_slot(h)
                     else:
                         line = NULL
-            if line != NULL and not _met(met, line.name):
-                # Nearly every line: known, and its name not met yet in this event (a
-                # repeat goes the long way below).
-                cells[2 * ncells] = line.text
-                Py_INCREF(<object>line.value)
-                cells[2 * ncells + 1] = line.value
-                ncells += 1
+            if line != NULL:
                 prev = line
+                if not _met(met, line.name):
+                    # Nearly every line: known, and its name not met yet in this event.
+                    cells[2 * ncells] = line.text
+                    Py_INCREF(<object>line.value)
+                    cells[2 * ncells + 1] = line.value
+                    ncells += 1
+                    continue
+                # Known, its name a repeat: merged like any repeat. The value is held
+                # here, since merging allocates and a finalizer run by that allocation
+                # may replace the slot.
+                self._ncells = ncells
+                value = <object>line.value
+                ncells = self._place(line.text, value, True)
                 continue
             # Off the hit path, self._ncells is kept current for _drop_cells.
             self._ncells = ncells
-            if line != NULL:
-                h = line.hash  # a guessed line, whose name repeats
             last = prev
             prev = NULL
             nl = genesis_split_line(base, pos, pos + n, stop, &vs)
@@ -1358,10 +1369,9 @@ cdef class ESLEvent:
             # A line ending in CR (before the CR of CRLF) is not kept: a guess, which
             # compares the line feed after it, would take the CRLF line it equals.
             if h and type(value) is str and base[pos + n - 1] != 13:
-                _keep_line(base + pos, n, h, slot, <str>value)
-                prev = &_line_cache[h & (_LINE_CACHE_SIZE - 1)]
+                prev = _keep_line(base + pos, n, h, slot, <str>value)
                 if last != NULL:
-                    last.next = <uint32_t>(h & (_LINE_CACHE_SIZE - 1))
+                    last.next = _line_slot(h)
             ncells = self._place(_name_cache[slot].text, value, repeated)
         self._ncells = ncells
         self._next = 0
