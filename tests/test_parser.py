@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from genesis.exceptions import ProtocolError
+from tests.conftest import _load_twin
 
 
 def _event(lines: bytes, body: bytes | None = None) -> bytes:
@@ -503,12 +504,10 @@ BAD_INPUTS = {
 
 @pytest.mark.parametrize("name", list(BAD_INPUTS))
 def test_twins_refuse_bad_input_alike(name: str) -> None:
-    from tests.conftest import _load_twin
-
     def refusal(twin: ModuleType) -> tuple[str, int, bytes, list[Any]]:
         error = _error(twin, GOOD + BAD_INPUTS[name], twin.Parser(max_body_size=1 << 20))
         return error.reason, error.offset, error.excerpt, [dict(m) for m in error.messages]
 
     compiled = refusal(_load_twin("compiled"))
-    assert compiled == refusal(importlib.import_module("genesis._parser_py"))
+    assert compiled == refusal(_load_twin("python"))
     assert compiled[1] == len(GOOD) and 0 < len(compiled[2]) <= 64
